@@ -1,0 +1,113 @@
+"""Read the whole state of a server into plain Python values, to compare two servers (backup source and
+restore target, or a source and a server loaded from a backup file) field by field."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def redis_state(client_for_db, databases: int = 16) -> dict[int, dict[bytes, tuple]]:
+    """``{db: {key: (type, value, pttl_ms)}}`` for every key of every db; values normalised per type."""
+    state: dict[int, dict[bytes, tuple]] = {}
+    for db in range(databases):
+        client = client_for_db(db)
+        keys = {}
+        for key in client.scan_iter(count=500):
+            kind = client.type(key).decode()
+            if kind == "string":
+                value = client.get(key)
+            elif kind == "list":
+                value = tuple(client.lrange(key, 0, -1))
+            elif kind == "set":
+                value = frozenset(client.smembers(key))
+            elif kind == "hash":
+                value = tuple(sorted(client.hgetall(key).items()))
+            elif kind == "zset":
+                value = tuple(client.zrange(key, 0, -1, withscores=True))
+            elif kind == "stream":
+                groups = tuple(sorted((g["name"], g["last-delivered-id"]) for g in client.xinfo_groups(key)))
+                value = (tuple(client.xrange(key)), groups)
+            else:
+                value = client.dump(key)
+            keys[key] = (kind, value, client.pttl(key))
+        if keys:
+            state[db] = keys
+    return state
+
+
+def same_redis_state(a: dict, b: dict, ttl_tolerance_ms: int = 1000) -> list[str]:
+    """The differences between two :func:`redis_state` results (TTLs equal within the tolerance)."""
+    problems = []
+    for db in sorted(set(a) | set(b)):
+        ka, kb = a.get(db, {}), b.get(db, {})
+        for key in sorted(set(ka) | set(kb)):
+            if key not in ka or key not in kb:
+                problems.append(f"db{db} {key!r}: only in {'first' if key in ka else 'second'}")
+                continue
+            (ta, va, pa), (tb, vb, pb) = ka[key], kb[key]
+            if ta != tb or va != vb:
+                problems.append(f"db{db} {key!r}: {ta} {va!r:.80} != {tb} {vb!r:.80}")
+            elif (pa < 0) != (pb < 0) or abs(pa - pb) > ttl_tolerance_ms:
+                problems.append(f"db{db} {key!r}: ttl {pa} ms != {pb} ms")
+    return problems
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def spare_redis(rdb: Path | None = None, password: str | None = None):
+    """A throwaway redis-server on a free loopback port, optionally loading ``rdb`` at start.
+
+    Yields ``(port, client_for_db)``; the server and its directory are gone afterwards.
+    """
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ragvault-spare-redis-"))
+    if rdb is not None:
+        shutil.copyfile(rdb, workdir / "dump.rdb")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--dbfilename",
+            "dump.rdb", "--save", "", "--appendonly", "no", "--databases", "16", "--daemonize", "no"]
+    if password:
+        args += ["--requirepass", password]
+    log = open(workdir / "redis.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    def client_for_db(db: int):
+        return redis.Redis(host="127.0.0.1", port=port, password=password, db=db)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client_for_db(0).ping()
+                break
+            except redis.exceptions.BusyLoadingError:
+                pass
+            except redis.exceptions.ConnectionError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited: {(workdir / 'redis.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {port} did not answer within 30 s")
+            time.sleep(0.1)
+        yield port, client_for_db
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)

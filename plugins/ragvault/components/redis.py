@@ -1,0 +1,108 @@
+"""Redis: the cache and the agents' short-term memory, the whole instance at once.
+
+The backup writes, under ``<date>/redis/``:
+
+``dump.rdb``
+    a point-in-time RDB of every logical db, fetched over the network exactly like ``redis-cli --rdb``
+    (REPLCONF rdb-only + SYNC): the server forks and streams it, no access to its disk is needed. A stock
+    redis-server loads it as it is.
+``appendonly.aof.tar.zst``
+    when AOF is on and the server's data dir is mounted on the worker (``aof_dir``): Redis 7's multi-part
+    AOF directory (base, incremental files and manifest) as a tar archive. It is a file-level copy for
+    those who replay AOF; the RDB is the consistent snapshot.
+
+The manifest records the key count of every db (``INFO keyspace`` taken just before the SYNC).
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ragvault.components.base import BackupContext, Component, ComponentError
+from ragvault.hooks.redis import RedisHook
+from ragvault.repository import Artifact, ItemResult, utcnow_iso
+
+RDB_MAGIC = b"REDIS"
+
+
+class RedisComponent(Component):
+    name = "redis"
+    title = "Redis (cache and memory): dump.rdb through replication, AOF archive"
+    item_noun = None
+
+    def hook(self) -> RedisHook:
+        return RedisHook(redis_conn_id=self.settings.conn_id("redis"))
+
+    def backup(self, ctx: BackupContext, item: str | None) -> ItemResult:
+        hook = self.hook()
+        client = hook.get_conn()
+        info = client.info()
+        version = info.get("redis_version")
+        keyspace = {
+            name: {"keys": int(stats["keys"]), "expires": int(stats.get("expires", 0))}
+            for name, stats in sorted(info.items())
+            if name.startswith("db") and name[2:].isdigit() and isinstance(stats, dict)
+        }
+        ctx.log.info("redis %s at %s: %s", version, hook.describe(),
+                     ", ".join(f"{db} {s['keys']} keys" for db, s in keyspace.items()) or "no keys")
+        captured_at = utcnow_iso()
+        rdb = ctx.put_artifact("dump.rdb", _checked_rdb(hook.stream_rdb()))
+        artifacts: list[Artifact] = [rdb]
+        aof = self._aof(ctx, client)
+        if aof is not None:
+            artifacts.append(aof)
+        return ctx.result(
+            "all",
+            captured_at=captured_at,
+            source_version=version,
+            counts={"dbs": len(keyspace), "keys": sum(s["keys"] for s in keyspace.values())},
+            artifacts=artifacts,
+            details={"keyspace": keyspace, "aof": aof is not None},
+        )
+
+    def _aof(self, ctx: BackupContext, client) -> Artifact | None:
+        if client.config_get("appendonly").get("appendonly") != "yes":
+            ctx.log.info("redis: AOF is off on the server, no appendonly.aof to archive")
+            return None
+        mounted = self.config.get("aof_dir")
+        if not mounted:
+            ctx.log.info("redis: AOF is on but components.redis.aof_dir is not set (the server's data dir is "
+                         "not mounted here): appendonly.aof skipped, dump.rdb holds the data")
+            return None
+        dirname = client.config_get("appenddirname").get("appenddirname") or "appendonlydir"
+        source = Path(mounted, dirname)
+        if not source.is_dir():
+            single = Path(mounted, client.config_get("appendfilename").get("appendfilename") or "appendonly.aof")
+            if single.is_file():  # Redis before 7: one file
+                source = single
+            else:
+                raise ComponentError(self.name, "appendonly.aof",
+                                     f"AOF is on but neither {Path(mounted, dirname)} nor {single} exists on this "
+                                     "worker: check components.redis.aof_dir")
+        with ctx.open_artifact("appendonly.aof.tar", compression="zstd", content_type="application/x-tar") as writer:
+            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for path in sorted(source.rglob("*")) if source.is_dir() else [source]:
+                    if path.is_file():
+                        tar.add(path, arcname=str(Path(source.name, path.relative_to(source)))
+                                if source.is_dir() else path.name)
+                        ctx.log.info("redis: archived %s (%d bytes)", path.name, path.stat().st_size)
+        return writer.artifact
+
+
+def _checked_rdb(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Pass the stream through, failing early if it does not start like an RDB file."""
+    head = b""
+    checked = False
+    for chunk in chunks:
+        if not checked:
+            head += chunk
+            if len(head) < len(RDB_MAGIC):
+                continue
+            if not head.startswith(RDB_MAGIC):
+                raise ComponentError("redis", "dump.rdb", f"the server did not send an RDB file: {head[:16]!r}")
+            checked, chunk = True, head
+        yield chunk
+    if not checked:
+        raise ComponentError("redis", "dump.rdb", f"the server sent no RDB file ({len(head)} bytes)")

@@ -1,0 +1,135 @@
+"""Settings: one YAML file (``include/ragvault.yaml`` or ``$RAGVAULT_CONFIG``) merged over built-in defaults."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_ENV = "RAGVAULT_CONFIG"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "include" / "ragvault.yaml"
+
+DEFAULTS: dict[str, Any] = {
+    "bucket": "inteligencia-backups",
+    "connections": {
+        "s3": "minio_s3",
+        "mongo": "mongo_default",
+        "redis": "redis_default",
+        "qdrant": "qdrant_default",
+        "airflow_api": "airflow_api",
+    },
+    "schedule": {"cron": "0 2 * * *", "timezone": "UTC", "start_date": "2025-01-01"},
+    "retries": 2,
+    "retry_delay_seconds": 60,
+    "max_retry_delay_seconds": 900,
+    "ingestion": {
+        "pause_dag_ids": [],
+        "drain_timeout_seconds": 1800,
+        "flag": {"redis_key": None, "variable": None},
+    },
+    "components": {
+        "qdrant": {"enabled": True, "include": [], "exclude": [], "scroll_batch": 256},
+        "mongodb": {
+            "enabled": True,
+            "include_databases": [],
+            "exclude_databases": ["admin", "local", "config"],
+            "include_collections": [],
+            "exclude_collections": ["*.system.*"],
+            "mongodump_path": None,
+        },
+        "redis": {"enabled": True, "aof_dir": None},
+    },
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or holds a wrong value."""
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def select(names: Iterable[str], include: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
+    """Keep the names matching any ``include`` pattern (all when empty) and no ``exclude`` pattern, sorted."""
+    include, exclude = list(include or ()), list(exclude or ())
+    return sorted(
+        n
+        for n in names
+        if (not include or any(fnmatch.fnmatchcase(n, p) for p in include))
+        and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The merged configuration, with typed accessors for what the DAGs and operators need."""
+
+    data: dict[str, Any]
+    source: str
+
+    @property
+    def bucket(self) -> str:
+        return self.data["bucket"]
+
+    def conn_id(self, name: str) -> str:
+        try:
+            return self.data["connections"][name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: no connection id configured for {name!r}") from None
+
+    def component(self, name: str) -> dict[str, Any]:
+        return self.data["components"].get(name, {})
+
+    def enabled(self, name: str) -> bool:
+        return bool(self.component(name).get("enabled", True))
+
+    @property
+    def ingestion(self) -> dict[str, Any]:
+        return self.data["ingestion"]
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        return self.data["schedule"]
+
+    def default_args(self) -> dict[str, Any]:
+        return {
+            "owner": "ragvault",
+            "retries": int(self.data["retries"]),
+            "retry_delay": timedelta(seconds=int(self.data["retry_delay_seconds"])),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(seconds=int(self.data["max_retry_delay_seconds"])),
+        }
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the configuration file (``path``, else ``$RAGVAULT_CONFIG``, else ``include/ragvault.yaml``).
+
+    A missing default file is not an error (the defaults apply); a missing file that was asked for is.
+    """
+    explicit = path or os.environ.get(CONFIG_ENV)
+    config_path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    override: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            override = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
+        if not isinstance(override, dict):
+            raise ConfigError(f"{config_path}: expected a mapping at the top level")
+    elif explicit:
+        raise ConfigError(f"configuration file {config_path} (from {CONFIG_ENV} or argument) does not exist")
+    return Settings(data=_merge(DEFAULTS, override), source=str(config_path))

@@ -1,0 +1,1 @@
+"""Hooks: each owns one kind of connection and the clients built on it."""

@@ -1,0 +1,106 @@
+"""Qdrant hook: the qdrant-client for API calls, plus a requests session for streaming snapshot bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from typing import Any
+
+import requests
+from airflow.sdk import BaseHook
+
+
+class QdrantError(RuntimeError):
+    """Qdrant answered with an error (or not at all)."""
+
+
+class QdrantHook(BaseHook):
+    """Talks to Qdrant's REST API.
+
+    The connection (type ``qdrant``) holds ``host`` and ``port`` (6333 by default), the API key as its
+    password, and in its extra ``https`` (bool), ``prefix`` (path prefix) or a full ``url`` overriding both.
+
+    :param qdrant_conn_id: the Airflow connection id.
+    :param timeout: seconds allowed for each API call (snapshot creation can take long on big collections).
+    """
+
+    conn_name_attr = "qdrant_conn_id"
+    default_conn_name = "qdrant_default"
+    conn_type = "qdrant"
+    hook_name = "Qdrant"
+
+    def __init__(self, qdrant_conn_id: str = default_conn_name, timeout: int = 600) -> None:
+        super().__init__()
+        self.qdrant_conn_id = qdrant_conn_id
+        self.timeout = timeout
+
+    @cached_property
+    def connection(self):
+        return self.get_connection(self.qdrant_conn_id)
+
+    @cached_property
+    def base_url(self) -> str:
+        extra = self.connection.extra_dejson
+        if extra.get("url"):
+            return str(extra["url"]).rstrip("/")
+        scheme = "https" if str(extra.get("https", "false")).lower() == "true" else "http"
+        prefix = "/" + str(extra["prefix"]).strip("/") if extra.get("prefix") else ""
+        return f"{scheme}://{self.connection.host}:{self.connection.port or 6333}{prefix}"
+
+    @cached_property
+    def api_key(self) -> str | None:
+        return self.connection.password or None
+
+    def get_conn(self):
+        """A ``qdrant_client.QdrantClient`` on the REST API."""
+        return self.client
+
+    @cached_property
+    def client(self):
+        from qdrant_client import QdrantClient
+
+        return QdrantClient(url=self.base_url, api_key=self.api_key, prefer_grpc=False, timeout=self.timeout)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        if self.api_key:
+            session.headers["api-key"] = self.api_key
+        return session
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the REST API and return the ``result`` of Qdrant's answer envelope."""
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise QdrantError(f"{method} {url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise QdrantError(f"{method} {url}: HTTP {response.status_code}: {_error_text(response)}")
+        body = response.json()
+        return body.get("result", body) if isinstance(body, dict) else body
+
+    def server_version(self) -> str | None:
+        return self.request("GET", "/").get("version")
+
+    def iter_snapshot(self, collection: str, snapshot: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Stream a collection snapshot's bytes from the server."""
+        url = f"{self.base_url}/collections/{collection}/snapshots/{snapshot}"
+        try:
+            with self.session.get(url, stream=True, timeout=self.timeout) as response:
+                if response.status_code >= 400:
+                    raise QdrantError(f"GET {url}: HTTP {response.status_code}: {_error_text(response)}")
+                yield from response.iter_content(chunk_size)
+        except requests.RequestException as exc:
+            raise QdrantError(f"GET {url}: {exc}") from exc
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    status = body.get("status") if isinstance(body, dict) else None
+    if isinstance(status, dict) and "error" in status:
+        return str(status["error"])
+    return str(body)[:500]

@@ -1,0 +1,454 @@
+"""The backup repository: the one object that knows the bucket layout, the checksums and the manifest.
+
+Layout (the seed's, one folder per day and per component)::
+
+    s3://<bucket>/<YYYY-MM-DD>/manifest.json          written last: a date without it is incomplete
+    s3://<bucket>/<YYYY-MM-DD>/<component>/<path>     the component's artifacts
+
+Every artifact is streamed: bytes go through an optional compressor into an S3 multipart upload whose parts
+are sent as soon as they fill up, so memory stays bounded by one part whatever the artifact's size. The
+object only appears in the bucket when the upload completes; a failure aborts the upload, leaving nothing
+half-written. While streaming, the SHA-256 and size of both the stored bytes and the original bytes are
+computed, and they go into the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import zstandard
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "ragvault.manifest/v1"
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 16 * MiB
+PROGRESS_EVERY = 256 * MiB
+SUFFIXES = {None: "", "zstd": ".zst", "gzip": ".gz"}
+
+
+class RepositoryError(RuntimeError):
+    """The bucket is unreachable, an object is missing, or what is stored does not match the manifest."""
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_date(date: str) -> str:
+    """Return ``date`` if it is a real ``YYYY-MM-DD`` date, else raise ``ValueError`` saying so."""
+    if not isinstance(date, str) or not DATE_RE.match(date):
+        raise ValueError(f"backup date {date!r} is not of the form YYYY-MM-DD")
+    try:
+        datetime.strptime(date, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"backup date {date!r} is not a calendar date") from None
+    return date
+
+
+@dataclass
+class Artifact:
+    """One object of a backup, as the manifest records it."""
+
+    key: str
+    size: int
+    sha256: str
+    raw_size: int | None = None
+    raw_sha256: str | None = None
+    compression: str | None = None
+    encryption: str | None = None
+    content_type: str = "application/octet-stream"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Artifact:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class ItemResult:
+    """What backing up one item (a collection, a database, a whole instance...) produced.
+
+    It travels through XCom, so it holds only small metadata: keys, sizes, checksums and counts.
+    """
+
+    component: str
+    item: str
+    captured_at: str
+    source_version: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["artifacts"] = [a.to_dict() for a in self.artifacts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemResult:
+        values = dict(data)
+        values["artifacts"] = [Artifact.from_dict(a) for a in data.get("artifacts", [])]
+        return cls(**values)
+
+
+def _compressor(compression: str | None):
+    if compression is None:
+        return None
+    if compression == "zstd":
+        return zstandard.ZstdCompressor(level=3, write_checksum=True).compressobj()
+    if compression == "gzip":
+        # wbits=31: gzip container; no file name and mtime 0, so equal input gives equal bytes.
+        return zlib.compressobj(6, zlib.DEFLATED, 31)
+    raise ValueError(f"unknown compression {compression!r} (expected one of zstd, gzip or none)")
+
+
+def decoded_chunks(chunks: Iterable[bytes], compression: str | None) -> Iterator[bytes]:
+    """Undo ``compression`` on a stream of chunks, chunk by chunk."""
+    if compression is None:
+        yield from chunks
+        return
+    if compression == "zstd":
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+    elif compression == "gzip":
+        decompressor = zlib.decompressobj(31)
+    else:
+        raise ValueError(f"unknown compression {compression!r}")
+    for chunk in chunks:
+        out = decompressor.decompress(chunk)
+        if out:
+            yield out
+    tail = decompressor.flush()
+    if tail:
+        yield tail
+
+
+class _MultipartSink:
+    """Bytes in, one S3 object out: a multipart upload fed part by part, aborted on failure."""
+
+    def __init__(self, client, bucket: str, key: str, content_type: str, part_size: int):
+        self.client, self.bucket, self.key = client, bucket, key
+        self.content_type = content_type
+        self.part_size = max(part_size, 5 * MiB)
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._next_progress = PROGRESS_EVERY
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.sha256.update(data)
+        self.size += len(data)
+        self.buffer += data
+        while len(self.buffer) >= self._current_part_size():
+            n = self._current_part_size()
+            self._upload_part(bytes(self.buffer[:n]))
+            del self.buffer[:n]
+        if self.size >= self._next_progress:
+            log.info("%s: %d MiB streamed so far", self.key, self.size // MiB)
+            self._next_progress += PROGRESS_EVERY
+
+    def _current_part_size(self) -> int:
+        # S3 allows 10,000 parts: double the part size every 1,000 parts so no artifact is too large.
+        return self.part_size * (2 ** (len(self.parts) // 1000))
+
+    def _upload_part(self, body: bytes) -> None:
+        if self.upload_id is None:
+            response = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+            )
+            self.upload_id = response["UploadId"]
+        number = len(self.parts) + 1
+        response = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, PartNumber=number, UploadId=self.upload_id, Body=body
+        )
+        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    def complete(self) -> None:
+        if self.upload_id is None:
+            # Small object: one plain PUT.
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer), ContentType=self.content_type
+            )
+        else:
+            if self.buffer:
+                self._upload_part(bytes(self.buffer))
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        self.buffer = bytearray()
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+        if self.upload_id is not None:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            except Exception:  # the upload is abandoned either way; MinIO/S3 expire it
+                log.warning("%s: could not abort multipart upload %s", self.key, self.upload_id, exc_info=True)
+            self.upload_id = None
+
+
+class ArtifactWriter:
+    """A write-only stream that becomes one artifact: ``with repo.open_artifact(...) as w: w.write(b)``.
+
+    On a clean exit the upload completes and :attr:`artifact` describes it; on an exception it is aborted.
+    """
+
+    def __init__(self, sink: _MultipartSink, compression: str | None, content_type: str,
+                 precompressed: bool = False):
+        self._sink = sink
+        self._compression = compression
+        self._precompressed = precompressed
+        self._compressor = None if precompressed else _compressor(compression)
+        self._content_type = content_type
+        self._raw_sha256 = hashlib.sha256()
+        self._raw_size = 0
+        self.artifact: Artifact | None = None
+
+    @property
+    def key(self) -> str:
+        return self._sink.key
+
+    def write(self, data: bytes) -> int:
+        if self.artifact is not None:
+            raise ValueError(f"{self.key}: write after close")
+        self._raw_sha256.update(data)
+        self._raw_size += len(data)
+        self._sink.write(self._compressor.compress(data) if self._compressor else data)
+        return len(data)
+
+    def write_all(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> Artifact:
+        if self.artifact is None:
+            if self._compressor is not None:
+                self._sink.write(self._compressor.flush())
+            self._sink.complete()
+            self.artifact = Artifact(
+                key=self._sink.key,
+                size=self._sink.size,
+                sha256=self._sink.sha256.hexdigest(),
+                raw_size=None if self._precompressed else self._raw_size,
+                raw_sha256=None if self._precompressed else self._raw_sha256.hexdigest(),
+                compression=self._compression,
+                content_type=self._content_type,
+            )
+            log.info(
+                "uploaded %s (%d bytes stored, %d bytes original, sha256 %s)",
+                self.key, self.artifact.size, self._raw_size, self.artifact.sha256,
+            )
+        return self.artifact
+
+    def abort(self) -> None:
+        self._sink.abort()
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class BackupRepository:
+    """The bucket seen as a set of dated backups, each closed by its manifest."""
+
+    def __init__(self, client, bucket: str, *, part_size: int = DEFAULT_PART_SIZE):
+        self.client = client
+        self.bucket = bucket
+        self.part_size = part_size
+
+    @classmethod
+    def from_connection(cls, aws_conn_id: str, bucket: str, **kwargs: Any) -> BackupRepository:
+        """Build the repository on an Airflow aws connection (MinIO: ``endpoint_url`` in its extra)."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return cls(S3Hook(aws_conn_id=aws_conn_id).get_conn(), bucket, **kwargs)
+
+    # -- layout ---------------------------------------------------------------------------------------
+    @staticmethod
+    def artifact_key(date: str, component: str, path: str, compression: str | None = None) -> str:
+        """``<date>/<component>/<path>[.zst|.gz]``: the one rule every component's objects follow."""
+        check_date(date)
+        path = path.strip("/")
+        if not path or any(part in ("", ".", "..") for part in path.split("/")):
+            raise ValueError(f"artifact path {path!r} of component {component!r} is not a clean relative path")
+        return f"{date}/{component}/{path}{SUFFIXES[compression]}"
+
+    @staticmethod
+    def manifest_key(date: str) -> str:
+        return f"{check_date(date)}/{MANIFEST_NAME}"
+
+    # -- writing --------------------------------------------------------------------------------------
+    def check_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", "?")
+            raise RepositoryError(
+                f"bucket {self.bucket!r} at {endpoint} is not reachable or does not exist: {exc}"
+            ) from exc
+
+    def open_artifact(
+        self,
+        date: str,
+        component: str,
+        path: str,
+        *,
+        compression: str | None = None,
+        precompressed: bool = False,
+        content_type: str = "application/octet-stream",
+    ) -> ArtifactWriter:
+        """A streaming writer for one artifact.
+
+        :param compression: ``zstd`` or ``gzip`` to compress on the way (the key gets ``.zst``/``.gz``).
+        :param precompressed: the bytes written are already compressed with ``compression``: store them as
+            they are (the original size and checksum are then unknown and recorded as null).
+        """
+        key = self.artifact_key(date, component, path, compression)
+        sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size)
+        return ArtifactWriter(sink, compression, content_type, precompressed)
+
+    def put_artifact(
+        self,
+        date: str,
+        component: str,
+        path: str,
+        chunks: Iterable[bytes] | bytes,
+        **kwargs: Any,
+    ) -> Artifact:
+        """Upload ``chunks`` (bytes, or any iterable of bytes) as one artifact."""
+        with self.open_artifact(date, component, path, **kwargs) as writer:
+            writer.write_all([chunks] if isinstance(chunks, bytes | bytearray) else chunks)
+        return writer.artifact
+
+    # -- reading --------------------------------------------------------------------------------------
+    def iter_object(self, key: str, chunk_size: int = MiB) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except self.client.exceptions.NoSuchKey:
+            raise RepositoryError(f"s3://{self.bucket}/{key} does not exist") from None
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def iter_artifact(self, artifact: Artifact | dict[str, Any], chunk_size: int = MiB) -> Iterator[bytes]:
+        """The artifact's original bytes (decompressed), streamed."""
+        if isinstance(artifact, dict):
+            artifact = Artifact.from_dict(artifact)
+        return decoded_chunks(self.iter_object(artifact.key, chunk_size), artifact.compression)
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def list_keys(self, prefix: str) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
+
+    # -- manifest -------------------------------------------------------------------------------------
+    def build_manifest(self, date: str, results: Iterable[ItemResult], run: dict[str, Any]) -> dict[str, Any]:
+        components: dict[str, dict[str, Any]] = {}
+        artifacts: list[dict[str, Any]] = []
+        for result in sorted(results, key=lambda r: (r.component, r.item)):
+            comp = components.setdefault(
+                result.component,
+                {"source_version": result.source_version, "captured_at": result.captured_at,
+                 "counts": {}, "items": {}},
+            )
+            comp["captured_at"] = min(comp["captured_at"], result.captured_at)
+            comp["source_version"] = comp["source_version"] or result.source_version
+            for name, value in result.counts.items():
+                comp["counts"][name] = comp["counts"].get(name, 0) + value
+            comp["items"][result.item] = {
+                "captured_at": result.captured_at,
+                "counts": result.counts,
+                "artifacts": [a.key for a in result.artifacts],
+                **({"details": result.details} if result.details else {}),
+            }
+            for artifact in result.artifacts:
+                artifacts.append({**artifact.to_dict(), "component": result.component, "item": result.item})
+        keys = [a["key"] for a in artifacts]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise RepositoryError(f"two items wrote the same object(s): {', '.join(duplicates)}")
+        return {
+            "format": MANIFEST_FORMAT,
+            "backup_date": check_date(date),
+            "bucket": self.bucket,
+            "created_at": utcnow_iso(),
+            "run": run,
+            "components": components,
+            "artifacts": artifacts,
+        }
+
+    def commit_manifest(self, manifest: dict[str, Any]) -> str:
+        """Check every artifact is in the bucket with its recorded size, then write the manifest (last)."""
+        date = manifest["backup_date"]
+        problems = []
+        for artifact in manifest["artifacts"]:
+            head = self.head(artifact["key"])
+            if head is None:
+                problems.append(f"{artifact['key']}: missing")
+            elif head["ContentLength"] != artifact["size"]:
+                problems.append(f"{artifact['key']}: {head['ContentLength']} bytes stored, {artifact['size']} expected")
+        if problems:
+            raise RepositoryError(f"backup {date} is not consistent, manifest not written: " + "; ".join(problems))
+        key = self.manifest_key(date)
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        log.info("manifest s3://%s/%s written: %d artifacts", self.bucket, key, len(manifest["artifacts"]))
+        return key
+
+    def read_manifest(self, date: str) -> dict[str, Any] | None:
+        key = self.manifest_key(date)
+        if self.head(key) is None:
+            return None
+        return json.loads(b"".join(self.iter_object(key)))
+
+    def complete_dates(self) -> list[str]:
+        """Dates that hold a manifest (complete backups), oldest first."""
+        dates = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Delimiter="/"):
+            for prefix in page.get("CommonPrefixes", []):
+                date = prefix["Prefix"].rstrip("/")
+                if DATE_RE.match(date) and self.head(f"{date}/{MANIFEST_NAME}") is not None:
+                    dates.add(date)
+        return sorted(dates)
+
+    def discard_manifest(self, date: str) -> bool:
+        """Remove a date's manifest (marks the date incomplete while it is rewritten). True if one existed."""
+        key = self.manifest_key(date)
+        existed = self.head(key) is not None
+        if existed:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return existed

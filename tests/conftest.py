@@ -1,0 +1,80 @@
+"""Shared fixtures. The tests talk to the real local servers that `make services` starts (or to the servers the
+AIRFLOW_CONN_* variables point at): nothing here is mocked."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+REQUIRED_CONNECTIONS = ("AIRFLOW_CONN_MINIO_S3", "AIRFLOW_CONN_MONGO_DEFAULT", "AIRFLOW_CONN_REDIS_DEFAULT",
+                        "AIRFLOW_CONN_QDRANT_DEFAULT")
+
+
+def pytest_sessionstart(session):
+    missing = [name for name in REQUIRED_CONNECTIONS if name not in os.environ]
+    if missing:
+        raise pytest.UsageError(
+            f"{', '.join(missing)} not set: run the tests with `make test` (it starts the local services and "
+            "sources .services.env), or export AIRFLOW_CONN_* for your own servers"
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_client():
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id="minio_s3").get_conn()
+
+
+@pytest.fixture(scope="session")
+def bucket(s3_client):
+    """A bucket of its own for this test session, emptied and removed at the end."""
+    name = f"ragvault-test-{uuid.uuid4().hex[:10]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=obj["Key"])
+    s3_client.delete_bucket(Bucket=name)
+
+
+def write_config(path: Path, bucket: str, **overrides) -> Path:
+    """A ragvault settings file for tests: the session's bucket, no retries, plus ``overrides``."""
+    data = {"bucket": bucket, "retries": 0}
+    for key, value in overrides.items():
+        data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory, bucket):
+    from ragvault.config import load_settings
+
+    return load_settings(write_config(tmp_path_factory.mktemp("config") / "ragvault.yaml", bucket))
+
+
+@pytest.fixture(scope="session")
+def repo(s3_client, bucket):
+    from ragvault.repository import BackupRepository
+
+    return BackupRepository(s3_client, bucket)
+
+
+_dates = itertools.count(random.randrange(0, 20000))
+
+
+@pytest.fixture
+def backup_date():
+    """A date no other test of this session uses, so each test writes its own backup folder."""
+    return (datetime.date(2001, 1, 1) + datetime.timedelta(days=next(_dates))).isoformat()

@@ -1,0 +1,84 @@
+"""Redis backup against a real redis-server: the fetched dump.rdb, loaded by a second server, holds every key."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tarfile
+
+import pytest
+from devstack import seed
+from devstack.state import redis_state, same_redis_state, spare_redis
+
+from ragvault.components.redis import RedisComponent
+from ragvault.hooks.redis import RedisHook
+
+
+@pytest.fixture(scope="module")
+def redis_hook():
+    return RedisHook()
+
+
+@pytest.fixture(scope="module")
+def seeded_redis(redis_hook):
+    kwargs = redis_hook.connection_kwargs
+    seed.wipe_redis(kwargs)
+    return seed.seed_redis(kwargs)
+
+
+def test_rdb_holds_every_key_with_type_value_and_ttl(settings, context, repo, redis_hook, seeded_redis, tmp_path):
+    source = redis_state(redis_hook.get_conn)
+    assert len(source) >= 3, "the seed spreads keys over several dbs"
+    kinds = {kind for keys in source.values() for kind, _, _ in keys.values()}
+    assert kinds >= {"string", "list", "set", "hash", "zset", "stream"}
+    assert any(ttl > 0 for keys in source.values() for _, _, ttl in keys.values())
+
+    result = RedisComponent(settings).backup(context("redis"), None)
+
+    rdb = next(a for a in result.artifacts if a.key.endswith("/redis/dump.rdb"))
+    path = tmp_path / "dump.rdb"
+    with path.open("wb") as handle:
+        for chunk in repo.iter_artifact(rdb):
+            handle.write(chunk)
+    assert path.read_bytes()[:5] == b"REDIS"
+    with spare_redis(path) as (_, client_for_db):
+        loaded = redis_state(client_for_db)
+    assert same_redis_state(source, loaded, ttl_tolerance_ms=5000) == []
+
+    expected = {f"db{db}": len(keys) for db, keys in source.items()}
+    assert {db: s["keys"] for db, s in result.details["keyspace"].items()} == expected
+    assert result.counts["keys"] == sum(expected.values())
+
+
+def test_aof_directory_is_archived_when_mounted(settings, context, repo, redis_hook, seeded_redis):
+    data_dir = os.environ.get("RAGVAULT_REDIS_DATA_DIR") or redis_hook.get_conn().config_get("dir")["dir"]
+    component = RedisComponent(settings)
+    component.config = {"aof_dir": data_dir}
+    result = component.backup(context("redis"), None)
+    aof = next(a for a in result.artifacts if a.key.endswith("appendonly.aof.tar.zst"))
+    archive = tarfile.open(fileobj=io.BytesIO(b"".join(repo.iter_artifact(aof))))
+    names = archive.getnames()
+    assert any(n.endswith(".manifest") for n in names), names
+    assert any(".base." in n for n in names), names
+    manifest = archive.extractfile(next(n for n in names if n.endswith(".manifest"))).read().decode()
+    for line in manifest.splitlines():  # every file the AOF manifest names is in the archive
+        listed = line.split()[1]
+        assert any(n.endswith("/" + listed) for n in names), (listed, names)
+
+
+def test_aof_dir_that_does_not_hold_the_aof_fails_clearly(settings, context, tmp_path, seeded_redis):
+    component = RedisComponent(settings)
+    component.config = {"aof_dir": str(tmp_path)}
+    with pytest.raises(Exception, match=r"redis\[appendonly.aof\]: AOF is on but .*aof_dir"):
+        component.backup(context("redis"), None)
+
+
+def test_wrong_password_names_the_server(settings, context, monkeypatch):
+    conn = json.loads(os.environ["AIRFLOW_CONN_REDIS_DEFAULT"])
+    conn["password"] = "wrong"
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_BAD", json.dumps(conn))
+    bad = dataclasses.replace(settings, data={**settings.data, "connections": {"redis": "redis_bad"}})
+    with pytest.raises(Exception, match="(?i)(auth|password)"):
+        RedisComponent(bad).backup(context("redis"), None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -162,5 +163,10 @@ class MongoComponent(Component):
 
 
 def _uuid_hex(spec: dict[str, Any]) -> str | None:
-    uuid = spec.get("info", {}).get("uuid")
-    return uuid.hex if uuid is not None and hasattr(uuid, "hex") else None
+    """The collection uuid as mongodump writes it (32 hex digits), from ``listCollections``' info."""
+    value = spec.get("info", {}).get("uuid")
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    if isinstance(value, bytes) and len(value) == 16:  # Binary subtype 4, not decoded to a UUID
+        return bytes(value).hex()
+    return None

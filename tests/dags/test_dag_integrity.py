@@ -1,0 +1,63 @@
+"""Every DAG imports cleanly and keeps the shape it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from ragvault.components import REGISTRY
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    return DagBag(str(DAGS))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "intelligence_backup" in dagbag.dags
+
+
+def test_backup_dag_shape(dagbag):
+    dag = dagbag.dags["intelligence_backup"]
+    tasks = dag.task_dict
+
+    pause, resume, commit = tasks["pause_ingestion"], tasks["resume_ingestion"], tasks["commit_manifest"]
+    # pause first, as the setup; resume last, as its teardown; the manifest right before resume
+    assert pause.is_setup and not pause.upstream_task_ids
+    assert resume.is_teardown and not resume.downstream_task_ids
+    assert pause.task_id in resume.upstream_task_ids
+    assert resume.upstream_task_ids == {"commit_manifest", "pause_ingestion"}
+    assert commit.downstream_task_ids == {"resume_ingestion"}
+
+    # one task group per component, in the seed's order, each hanging from the pause
+    groups = [g for g in dag.task_group.children if g in REGISTRY]
+    assert groups == list(REGISTRY)
+    for name, component in REGISTRY.items():
+        members = [t for t in dag.tasks if t.task_id.startswith(f"{name}.")]
+        assert members, name
+        roots = [t for t in members if not (t.upstream_task_ids - {"pause_ingestion"})]
+        assert all(t.upstream_task_ids == {"pause_ingestion"} for t in roots)
+        backup = tasks[commit.results_from[name]]
+        assert backup.task_id in commit.upstream_task_ids
+        if component.item_noun:  # one mapped task per item, named after the item in the UI
+            assert backup.task_id == f"{name}.backup_{component.item_noun}"
+            assert getattr(backup, "map_index_template", None) == "{{ task.item }}"
+    assert set(commit.upstream_task_ids) == set(commit.results_from.values())
+
+
+def test_backup_dag_scheduling(dagbag):
+    dag = dagbag.dags["intelligence_backup"]
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert dag.timetable.expression == "0 2 * * *"
+    assert dag.timetable.interval.days == 1  # the data interval is the day before the run
+    assert {"ragvault", "backup"} <= set(dag.tags)
+    assert dag.doc_md and "manifest" in dag.doc_md
+    for task in dag.tasks:
+        assert task.retries == 2, task.task_id
+        assert task.retry_exponential_backoff, task.task_id

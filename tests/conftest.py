@@ -50,11 +50,14 @@ def bucket(s3_client):
 
 def write_config(path: Path, bucket: str, **overrides) -> Path:
     """A ragvault settings file for tests: the session's bucket, no retries, plus ``overrides``."""
-    data = {"bucket": bucket, "retries": 0}
-    for key, value in overrides.items():
-        data[key] = value
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump({"bucket": bucket, "retries": 0, **overrides}))
     return path
+
+
+@pytest.fixture
+def make_config(tmp_path, bucket):
+    """``make_config(**overrides) -> Path``: a settings file on this session's bucket."""
+    return lambda **overrides: write_config(tmp_path / "ragvault.yaml", bucket, **overrides)
 
 
 @pytest.fixture(scope="session")
@@ -77,4 +80,5 @@ _dates = itertools.count(random.randrange(0, 20000))
 @pytest.fixture
 def backup_date():
     """A date no other test of this session uses, so each test writes its own backup folder."""
-    return (datetime.date(2001, 1, 1) + datetime.timedelta(days=next(_dates))).isoformat()
+    # after the DAG's start_date: Airflow creates no task instances for runs dated before it
+    return (datetime.date(2030, 1, 1) + datetime.timedelta(days=next(_dates))).isoformat()

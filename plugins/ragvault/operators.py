@@ -32,6 +32,14 @@ def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _at(component) -> str:
+    try:
+        endpoint = component.endpoint()
+    except Exception:  # the endpoint only decorates the message; the real error follows it
+        endpoint = ""
+    return f" at {endpoint}" if endpoint else ""
+
+
 class _SettingsMixin:
     config_path: str | None
 
@@ -62,13 +70,13 @@ class ListItemsOperator(_SettingsMixin, BaseOperator):
         self.config_path = config_path
 
     def execute(self, context) -> list[str]:
-        component_cls = get_component(self.component)
+        component = get_component(self.component)(self.settings())
         try:
-            items = component_cls(self.settings()).list_items()
+            items = component.list_items()
         except Exception as exc:
-            raise ComponentError(self.component, None,
-                                 f"could not list {component_cls.item_noun}s: {type(exc).__name__}: {exc}") from exc
-        self.log.info("%s: %d %s(s) to back up: %s", self.component, len(items), component_cls.item_noun,
+            raise ComponentError(self.component, None, f"could not list {component.item_noun}s"
+                                 f"{_at(component)}: {type(exc).__name__}: {exc}") from exc
+        self.log.info("%s: %d %s(s) to back up: %s", self.component, len(items), component.item_noun,
                       ", ".join(items) or "none")
         return items
 
@@ -117,7 +125,8 @@ class BackupComponentOperator(_SettingsMixin, BaseOperator):
         except ComponentError:
             raise
         except Exception as exc:
-            raise ComponentError(self.component, self.item, f"{type(exc).__name__}: {exc}") from exc
+            raise ComponentError(self.component, self.item,
+                                 f"backup failed{_at(component)}: {type(exc).__name__}: {exc}") from exc
         self.log.info("%s[%s]: %s; %d artifact(s), %d bytes", self.component, result.item,
                       ", ".join(f"{k}={v}" for k, v in result.counts.items()), len(result.artifacts),
                       sum(a.size for a in result.artifacts))

@@ -14,41 +14,49 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
+class AirflowCli:
+    """The `airflow` command on a private AIRFLOW_HOME, plus look-ups in its metadata database."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([AIRFLOW, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def json_output(self, *args: str) -> list | dict:
+        """Run a command with ``--output json``; its JSON is the last stdout line (log lines come before)."""
+        proc = self.run(*args, "--output", "json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def run_id_for(self, dag_id: str, date: str) -> str:
+        """The id of the DAG's run whose logical date falls on ``date``."""
+        runs = [r for r in self.json_output("dags", "list-runs", dag_id) if r["logical_date"].startswith(date)]
+        assert len(runs) == 1, runs
+        return runs[0]["run_id"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """``{task_id or task_id[map_index]: state}`` for one DAG run."""
+        states = {}
+        for row in self.json_output("tasks", "states-for-dag-run", dag_id, run_id):
+            index = str(row.get("map_index"))
+            states[row["task_id"] if index in ("None", "-1", "") else f"{row['task_id']}[{index}]"] = row["state"]
+        return states
+
+
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory) -> dict[str, str]:
+def airflow(tmp_path_factory) -> AirflowCli:
     home = tmp_path_factory.mktemp("airflow_home")
-    env = {
+    cli = AirflowCli({
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT / "include")]),
-    }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    return env
-
-
-def run_airflow(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def task_states(env: dict[str, str], dag_id: str, run_id: str) -> dict[str, str]:
-    """``{task_id or task_id[map_index]: state}`` for one DAG run, from the metadata database."""
-    proc = run_airflow(env, "tasks", "states-for-dag-run", dag_id, run_id, "--output", "json")
-    assert proc.returncode == 0, proc.stderr
-    states = {}
-    for row in json.loads(proc.stdout):
-        index = row.get("map_index")
-        name = row["task_id"] if index in (None, -1, "-1") else f"{row['task_id']}[{index}]"
-        states[name] = row["state"]
-    return states
-
-
-def last_run_id(env: dict[str, str], dag_id: str) -> str:
-    proc = run_airflow(env, "dags", "list-runs", dag_id, "--output", "json")
-    assert proc.returncode == 0, proc.stderr
-    runs = json.loads(proc.stdout)
-    return max(runs, key=lambda r: r.get("start_date") or "")["run_id"]
+    })
+    proc = cli.run("db", "migrate", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cli

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,15 @@ def test_backup_dag_scheduling(dagbag):
     for task in dag.tasks:
         assert task.retries == 2, task.task_id
         assert task.retry_exponential_backoff, task.task_id
+
+
+def test_plugin_loader_does_not_shadow_packages(airflow):
+    """Airflow's plugin loader must not register plugins/ragvault/**/*.py as top-level modules."""
+    script = (
+        "from airflow import plugins_manager; plugins_manager.ensure_plugins_loaded(); "
+        "import redis, sys; assert hasattr(redis, 'Redis'), redis.__file__; "
+        "assert not any(m in sys.modules for m in ('repository', 'ingestion', 'operators')), 'shadowed'; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=airflow.env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

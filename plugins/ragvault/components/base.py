@@ -65,6 +65,10 @@ class Component(ABC):
         self.settings = settings
         self.config: dict[str, Any] = settings.component(self.name)
 
+    def endpoint(self) -> str:
+        """Where the component's server is, for error messages (never with credentials)."""
+        return ""
+
     def list_items(self) -> list[str]:
         """The items to back up, after the configured include/exclude patterns."""
         raise NotImplementedError(f"component {self.name} is not backed up item by item")

@@ -46,6 +46,10 @@ class MongoComponent(Component):
     def hook(self) -> MongoHook:
         return MongoHook(mongo_conn_id=self.settings.conn_id("mongo"))
 
+    def endpoint(self) -> str:
+        conn = self.hook().connection
+        return f"mongodb://{conn.host}{f':{conn.port}' if conn.port else ''}"
+
     def list_items(self) -> list[str]:
         with self.hook() as hook:
             names = hook.get_conn().list_database_names()

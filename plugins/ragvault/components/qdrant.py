@@ -35,6 +35,9 @@ class QdrantComponent(Component):
     def hook(self) -> QdrantHook:
         return QdrantHook(qdrant_conn_id=self.settings.conn_id("qdrant"))
 
+    def endpoint(self) -> str:
+        return self.hook().base_url
+
     def list_items(self) -> list[str]:
         names = [c.name for c in self.hook().client.get_collections().collections]
         return select(names, self.config.get("include"), self.config.get("exclude"))

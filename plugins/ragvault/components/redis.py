@@ -35,6 +35,9 @@ class RedisComponent(Component):
     def hook(self) -> RedisHook:
         return RedisHook(redis_conn_id=self.settings.conn_id("redis"))
 
+    def endpoint(self) -> str:
+        return self.hook().describe()
+
     def backup(self, ctx: BackupContext, item: str | None) -> ItemResult:
         hook = self.hook()
         client = hook.get_conn()

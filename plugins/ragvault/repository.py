@@ -26,6 +26,8 @@ from typing import Any
 
 import zstandard
 
+from ragvault.crypto import Cipher
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
@@ -67,6 +69,7 @@ class Artifact:
     raw_sha256: str | None = None
     compression: str | None = None
     encryption: str | None = None
+    key_fingerprint: str | None = None
     content_type: str = "application/octet-stream"
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +134,17 @@ def decoded_chunks(chunks: Iterable[bytes], compression: str | None) -> Iterator
         if out:
             yield out
     tail = decompressor.flush()
+    if tail:
+        yield tail
+
+
+def decrypted_chunks(chunks: Iterable[bytes], cipher: Cipher) -> Iterator[bytes]:
+    decryptor = cipher.decryptor()
+    for chunk in chunks:
+        out = decryptor.update(chunk)
+        if out:
+            yield out
+    tail = decryptor.finalize()
     if tail:
         yield tail
 
@@ -213,11 +227,13 @@ class ArtifactWriter:
     """
 
     def __init__(self, sink: _MultipartSink, compression: str | None, content_type: str,
-                 precompressed: bool = False):
+                 precompressed: bool = False, cipher: Cipher | None = None):
         self._sink = sink
         self._compression = compression
         self._precompressed = precompressed
         self._compressor = None if precompressed else _compressor(compression)
+        self._cipher = cipher
+        self._encryptor = cipher.encryptor() if cipher is not None else None
         self._content_type = content_type
         self._raw_sha256 = hashlib.sha256()
         self._raw_size = 0
@@ -232,8 +248,11 @@ class ArtifactWriter:
             raise ValueError(f"{self.key}: write after close")
         self._raw_sha256.update(data)
         self._raw_size += len(data)
-        self._sink.write(self._compressor.compress(data) if self._compressor else data)
+        self._store(self._compressor.compress(data) if self._compressor else data)
         return len(data)
+
+    def _store(self, data: bytes) -> None:
+        self._sink.write(self._encryptor.update(data) if self._encryptor else data)
 
     def write_all(self, chunks: Iterable[bytes]) -> None:
         for chunk in chunks:
@@ -242,7 +261,9 @@ class ArtifactWriter:
     def close(self) -> Artifact:
         if self.artifact is None:
             if self._compressor is not None:
-                self._sink.write(self._compressor.flush())
+                self._store(self._compressor.flush())
+            if self._encryptor is not None:
+                self._sink.write(self._encryptor.finalize())
             self._sink.complete()
             self.artifact = Artifact(
                 key=self._sink.key,
@@ -251,6 +272,8 @@ class ArtifactWriter:
                 raw_size=None if self._precompressed else self._raw_size,
                 raw_sha256=None if self._precompressed else self._raw_sha256.hexdigest(),
                 compression=self._compression,
+                encryption=self._cipher.scheme if self._cipher else None,
+                key_fingerprint=self._cipher.key_fingerprint if self._cipher else None,
                 content_type=self._content_type,
             )
             log.info(
@@ -319,6 +342,7 @@ class BackupRepository:
         *,
         compression: str | None = None,
         precompressed: bool = False,
+        cipher: Cipher | None = None,
         content_type: str = "application/octet-stream",
     ) -> ArtifactWriter:
         """A streaming writer for one artifact.
@@ -326,10 +350,12 @@ class BackupRepository:
         :param compression: ``zstd`` or ``gzip`` to compress on the way (the key gets ``.zst``/``.gz``).
         :param precompressed: the bytes written are already compressed with ``compression``: store them as
             they are (the original size and checksum are then unknown and recorded as null).
+        :param cipher: encrypt client-side (after compression) with this key; the manifest records the
+            scheme and the key's fingerprint, never the key.
         """
         key = self.artifact_key(date, component, path, compression)
         sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size)
-        return ArtifactWriter(sink, compression, content_type, precompressed)
+        return ArtifactWriter(sink, compression, content_type, precompressed, cipher)
 
     def put_artifact(
         self,
@@ -355,11 +381,21 @@ class BackupRepository:
         finally:
             body.close()
 
-    def iter_artifact(self, artifact: Artifact | dict[str, Any], chunk_size: int = MiB) -> Iterator[bytes]:
-        """The artifact's original bytes (decompressed), streamed."""
+    def iter_artifact(self, artifact: Artifact | dict[str, Any], chunk_size: int = MiB,
+                      cipher: Cipher | None = None) -> Iterator[bytes]:
+        """The artifact's original bytes (decrypted with ``cipher`` if it is encrypted, decompressed), streamed."""
         if isinstance(artifact, dict):
             artifact = Artifact.from_dict(artifact)
-        return decoded_chunks(self.iter_object(artifact.key, chunk_size), artifact.compression)
+        chunks = self.iter_object(artifact.key, chunk_size)
+        if artifact.encryption:
+            if cipher is None:
+                raise RepositoryError(f"{artifact.key} is encrypted ({artifact.encryption}, key "
+                                      f"{artifact.key_fingerprint}): a key is needed to read it")
+            if cipher.key_fingerprint != artifact.key_fingerprint:
+                raise RepositoryError(f"{artifact.key} was encrypted with key {artifact.key_fingerprint}, "
+                                      f"not with the given key {cipher.key_fingerprint}")
+            chunks = decrypted_chunks(chunks, cipher)
+        return decoded_chunks(chunks, artifact.compression)
 
     def head(self, key: str) -> dict[str, Any] | None:
         try:

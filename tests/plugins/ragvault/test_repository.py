@@ -117,3 +117,55 @@ def test_missing_bucket_is_named(s3_client):
     repo = BackupRepository(s3_client, "ragvault-no-such-bucket")
     with pytest.raises(RepositoryError, match="ragvault-no-such-bucket"):
         repo.check_bucket()
+
+
+def test_encrypted_artifact_round_trip_and_tamper_detection(s3_client, bucket, backup_date):
+    from ragvault.crypto import Cipher, EncryptionError
+
+    repo = BackupRepository(s3_client, bucket, part_size=5 * MiB)
+    secret = b"OPENAI_API_KEY=sk-test-0123456789\n" * 10_000 + os.urandom(200_000)  # several segments
+    cipher = Cipher(os.urandom(32))
+    artifact = repo.put_artifact(backup_date, "infra", ".env", [secret[:70_000], secret[70_000:]],
+                                 compression="zstd", cipher=cipher)
+    stored = get(s3_client, bucket, artifact.key)
+    assert b"sk-test" not in stored and b"OPENAI" not in stored
+    assert artifact.encryption == "ragvault-aes256gcm-stream/v1"
+    assert artifact.key_fingerprint == cipher.key_fingerprint
+    assert hashlib.sha256(stored).hexdigest() == artifact.sha256
+    assert b"".join(repo.iter_artifact(artifact, cipher=cipher)) == secret
+
+    with pytest.raises(RepositoryError, match="a key is needed"):
+        b"".join(repo.iter_artifact(artifact))
+    with pytest.raises(RepositoryError, match="encrypted with key"):
+        b"".join(repo.iter_artifact(artifact, cipher=Cipher(os.urandom(32))))
+
+    # a flipped byte, a dropped tail: both refused
+    for broken in (stored[:100] + bytes([stored[100] ^ 1]) + stored[101:], stored[:-1000]):
+        s3_client.put_object(Bucket=bucket, Key=artifact.key, Body=broken)
+        with pytest.raises(EncryptionError, match="does not decrypt"):
+            b"".join(repo.iter_artifact(artifact, cipher=cipher))
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024])
+def test_cipher_segment_boundaries(size):
+    from ragvault.crypto import Cipher
+
+    cipher = Cipher(os.urandom(32))
+    data = os.urandom(size)
+    enc = cipher.encryptor()
+    sealed = b"".join(enc.update(data[i:i + 1000]) for i in range(0, size, 1000)) + enc.finalize()
+    dec = cipher.decryptor()
+    opened = b"".join(dec.update(sealed[i:i + 777]) for i in range(0, len(sealed), 777)) + dec.finalize()
+    assert opened == data
+
+
+def test_keys_are_parsed_and_never_shown():
+    import base64
+
+    from ragvault.crypto import Cipher, EncryptionError, parse_key
+
+    key = os.urandom(32)
+    assert parse_key(base64.b64encode(key).decode()) == key == parse_key(key.hex())
+    with pytest.raises(EncryptionError, match="32-byte key"):
+        parse_key("c2hvcnQ=")
+    assert base64.b64encode(key).decode() not in repr(Cipher(key)) and key.hex() not in repr(Cipher(key))

@@ -111,3 +111,47 @@ def spare_redis(rdb: Path | None = None, password: str | None = None):
             proc.kill()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def spare_ferretdb():
+    """A throwaway FerretDB (SQLite backend) on a free loopback port: a blank MongoDB-compatible server.
+
+    Yields the ``mongodb://`` URI; the server and its files are gone afterwards.
+    """
+    import pymongo
+
+    binary = Path(os.environ.get("RAGVAULT_BIN_DIR", Path.home() / ".cache/ragvault/bin"), "ferretdb")
+    port, debug_port = free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ragvault-spare-ferretdb-"))
+    (workdir / "data").mkdir()
+    (workdir / "state").mkdir()
+    log = open(workdir / "ferretdb.log", "wb")
+    proc = subprocess.Popen(
+        [str(binary), "--handler=sqlite", f"--sqlite-url=file:{workdir}/data/", f"--listen-addr=127.0.0.1:{port}",
+         f"--debug-addr=127.0.0.1:{debug_port}", f"--state-dir={workdir}/state", "--telemetry=disable",
+         "--log-level=warn"],
+        stdout=log, stderr=subprocess.STDOUT)
+    uri = f"mongodb://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with pymongo.MongoClient(uri, serverSelectionTimeoutMS=500) as client:
+                    client.admin.command("ping")
+                break
+            except pymongo.errors.PyMongoError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"ferretdb exited: {(workdir / 'ferretdb.log').read_text()[-2000:]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ferretdb on {port} did not answer within 30 s") from None
+                time.sleep(0.2)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -152,3 +152,18 @@ class _Decryptor:
         plain = self._open(bytes(self._buffer), last=True)
         self._buffer = bytearray()
         return plain
+
+
+def load_cipher(settings) -> Cipher:
+    """The backup key from the Airflow connection ``connections.encryption`` (its password)."""
+    from airflow.sdk import BaseHook
+
+    conn_id = settings.conn_id("encryption")
+    how = (f"set the Airflow connection {conn_id!r} with the 32-byte key as its password, e.g. "
+           f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"generic\", \"password\": \"<key>\"}}' with a key "
+           "made by: python3 -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'")
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:
+        raise EncryptionError(f"no encryption key: connection {conn_id!r} is not defined; {how}") from None
+    return Cipher(parse_key(conn.password, source=f"the password of connection {conn_id!r}"))

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, TriggerRule
 
-from ragvault.components import ComponentError, get_component
-from ragvault.components.base import BackupContext
+from ragvault.components import REGISTRY, RESTORE_ORDER, ComponentError, get_component
+from ragvault.components.base import BackupContext, RestoreContext
 from ragvault.config import Settings, load_settings
 from ragvault.ingestion import IngestionControl
-from ragvault.repository import BackupRepository, ItemResult, check_date
+from ragvault.repository import BackupRepository, ItemResult, RepositoryError, check_date
 
 
 def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,3 +219,295 @@ class ResumeIngestionOperator(_SettingsMixin, BaseOperator):
 
     def execute(self, context) -> dict[str, Any]:
         return IngestionControl(self.settings(), self.log).resume()
+
+
+# -- restore ------------------------------------------------------------------------------------------
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+class _RestoreMixin(_SettingsMixin):
+    """Common ground of the restore operators: the resolved backup (from ``resolve_backup``)."""
+
+    resolved: dict[str, Any] | None
+
+    def backup(self, settings: Settings) -> tuple[BackupRepository, dict[str, Any], list[str]]:
+        """The repository, the manifest of the backup being restored, and the selected components."""
+        if not self.resolved or "date" not in self.resolved:
+            raise ValueError("no resolved backup: this task must run after resolve_backup")
+        repo = self.repository(settings)
+        manifest = repo.read_manifest(self.resolved["date"])
+        if manifest is None:
+            raise RepositoryError(f"the manifest of {self.resolved['date']} disappeared from s3://{repo.bucket}")
+        return repo, manifest, list(self.resolved["components"])
+
+    def context(self, repo, manifest, component: str, settings: Settings) -> RestoreContext:
+        return RestoreContext(repo=repo, manifest=manifest, component=component, settings=settings, log=self.log)
+
+
+class ResolveBackupOperator(_SettingsMixin, BaseOperator):
+    """Find the complete backup the restore form asks for, and check the selection against it.
+
+    :param backup_date: ``latest`` (the newest date with a manifest) or ``YYYY-MM-DD`` (templated).
+    :param components: the components to restore (templated; names from ``ragvault.components.REGISTRY``).
+    :param dry_run: only verify and print the plan (templated).
+    :param confirm: the backup date typed again, needed to overwrite targets that hold data (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("backup_date", "components", "dry_run", "confirm", "config_path")
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, backup_date: str = "{{ params.backup_date }}",
+                 components: Any = "{{ params.components }}", dry_run: Any = "{{ params.dry_run }}",
+                 confirm: Any = "{{ params.confirm }}", config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_date, self.components, self.dry_run, self.confirm = backup_date, components, dry_run, confirm
+        self.config_path = config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        settings = self.settings()
+        repo = self.repository(settings)
+        wanted = str(self.backup_date or "latest").strip()
+        complete = repo.complete_dates()
+        if wanted == "latest":
+            if not complete:
+                raise RepositoryError(f"s3://{repo.bucket} holds no complete backup (no date with a manifest)")
+            date = complete[-1]
+        else:
+            date = check_date(wanted)
+            if date not in complete:
+                started = any(True for _ in repo.list_keys(f"{date}/"))
+                recent = ", ".join(complete[-5:]) or "none"
+                raise RepositoryError(
+                    f"backup {date} is incomplete (it has no manifest.json: its run failed or is still going) and "
+                    f"cannot be restored; complete backups: {recent}" if started else
+                    f"there is no backup for {date} in s3://{repo.bucket}; complete backups: {recent}")
+        manifest = repo.read_manifest(date)
+        selected = self.components if isinstance(self.components, list | tuple) else [self.components]
+        unknown = [c for c in selected if c not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown component(s) {', '.join(map(str, unknown))}; known: {', '.join(REGISTRY)}")
+        missing = [c for c in selected if c not in manifest["components"]]
+        for component in missing:
+            self.log.warning("%s is not in the backup of %s: skipped", component, date)
+        chosen = [c for c in RESTORE_ORDER if c in selected and c not in missing]
+        if not chosen:
+            raise ValueError(f"none of the selected components ({', '.join(selected)}) is in the backup of {date}")
+        self.log.info("restoring the backup of %s (run %s, captured from %s): %s", date,
+                      manifest["run"].get("run_id"), min(manifest["components"][c]["captured_at"] or "?"
+                                                         for c in chosen), ", ".join(chosen))
+        return {"date": date, "components": chosen, "dry_run": _truthy(self.dry_run),
+                "confirm": str(self.confirm or "").strip()}
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+class VerifyBackupOperator(_RestoreMixin, BaseOperator):
+    """Download every selected artifact and check it against the manifest before anything is written.
+
+    Size and SHA-256 of the stored bytes; encrypted artifacts decrypted; the original bytes' SHA-256 where
+    the manifest has it. Any missing object or mismatch fails the restore here, naming each problem.
+
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("resolved", "config_path")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resolved, self.config_path = resolved, config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        from ragvault.crypto import load_cipher
+
+        settings = self.settings()
+        repo, manifest, components = self.backup(settings)
+        artifacts = [a for a in manifest["artifacts"] if a["component"] in components]
+        cipher = load_cipher(settings) if any(a.get("encryption") for a in artifacts) else None
+        problems = [p for artifact in artifacts for p in repo.verify_artifact(artifact, cipher)]
+        if problems:
+            raise RepositoryError(f"backup {manifest['backup_date']} failed verification, nothing was restored: "
+                                  + "; ".join(problems))
+        total = sum(a["size"] for a in artifacts)
+        self.log.info("verified %d artifacts (%s) of %s against the manifest", len(artifacts), _human(total),
+                      ", ".join(components))
+        return {"artifacts": len(artifacts), "bytes": total}
+
+
+class PlanRestoreOperator(_RestoreMixin, BaseOperator):
+    """Say what the restore would write and what it would overwrite; stop unless confirmed.
+
+    Over targets that already hold data the restore goes on only when ``confirm`` equals the backup date.
+    In a dry run the plan is printed and nothing is written.
+
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("resolved", "config_path")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resolved, self.config_path = resolved, config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        settings = self.settings()
+        repo, manifest, components = self.backup(settings)
+        date = manifest["backup_date"]
+        lines, overwrites = [], []
+        for name in components:
+            component = get_component(name)(settings)
+            ctx = self.context(repo, manifest, name, settings)
+            for item in component.restore_items(ctx.section):
+                entry = ctx.item(item)
+                size = sum(a["size"] for a in ctx.artifacts(item).values())
+                counts = ", ".join(f"{k}={v}" for k, v in entry["counts"].items())
+                try:
+                    target = component.inspect_target(ctx, item)
+                except Exception as exc:
+                    raise ComponentError(name, item, f"could not inspect the target{_at(component)}: "
+                                         f"{type(exc).__name__}: {exc}") from exc
+                verdict = "OVERWRITE" if target["holds_data"] else "write"
+                lines.append(f"{name:10} {item:30} {counts} ({_human(size)}) -> {verdict}: {target['what']}")
+                if target["holds_data"]:
+                    overwrites.append(f"{name}[{item}] ({target['what']})")
+        self.log.info("restore plan for the backup of %s:\n%s", date, "\n".join(lines))
+        if self.resolved["dry_run"]:
+            self.log.info("dry run: nothing is written")
+        elif overwrites and self.resolved["confirm"] != date:
+            raise PermissionError(
+                f"the restore would overwrite data: {'; '.join(overwrites)}. Nothing was written. To go ahead, "
+                f"trigger the restore again with confirm = {date}")
+        return {"plan": lines, "overwrites": overwrites, "dry_run": self.resolved["dry_run"]}
+
+
+class ListRestoreItemsOperator(_RestoreMixin, BaseOperator):
+    """The items of one component to restore (none when it is not selected, or in a dry run).
+
+    :param component: the component's name.
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("resolved", "config_path")
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, component: str, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
+        super().__init__(**kwargs)
+        self.component, self.resolved, self.config_path = component, resolved, config_path
+
+    def execute(self, context) -> list[str]:
+        if self.component not in self.resolved["components"]:
+            self.log.info("%s is not selected: nothing to restore", self.component)
+            return []
+        if self.resolved["dry_run"]:
+            self.log.info("dry run: nothing to restore")
+            return []
+        settings = self.settings()
+        repo, manifest, _ = self.backup(settings)
+        ctx = self.context(repo, manifest, self.component, settings)
+        items = get_component(self.component)(settings).restore_items(ctx.section)
+        self.log.info("%s: %d item(s) to restore: %s", self.component, len(items), ", ".join(items) or "none")
+        return items
+
+
+class RestoreComponentOperator(_RestoreMixin, BaseOperator):
+    """Restore one item of a component (or the whole component) from the verified backup.
+
+    :param component: the component's name.
+    :param item: the item to restore; ``None`` for components restored by a single task.
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("item", "resolved", "config_path")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, component: str, resolved: Any, item: str | None = None, config_path: str | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
+        super().__init__(**kwargs)
+        self.component, self.item, self.resolved, self.config_path = component, item, resolved, config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if self.component not in self.resolved["components"] or self.resolved["dry_run"]:
+            raise AirflowSkipException(f"{self.component}: not selected, or a dry run")
+        settings = self.settings()
+        repo, manifest, _ = self.backup(settings)
+        ctx = self.context(repo, manifest, self.component, settings)
+        component = get_component(self.component)(settings)
+        items = [self.item] if self.item is not None else component.restore_items(ctx.section)
+        restored = {}
+        for item in items:
+            try:
+                restored[item] = component.restore(ctx, item)
+            except ComponentError:
+                raise
+            except Exception as exc:
+                raise ComponentError(self.component, item,
+                                     f"restore failed{_at(component)}: {type(exc).__name__}: {exc}") from exc
+            self.log.info("%s[%s] restored: %s", self.component, item,
+                          ", ".join(f"{k}={v}" for k, v in restored[item].items()))
+        return restored
+
+
+class VerifyRestoreOperator(_RestoreMixin, BaseOperator):
+    """Compare the restored stack with the manifest: counts per item and a sample field by field.
+
+    Prints a table (component, items backed up, items restored, equal?) and fails on any difference.
+
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("resolved", "config_path")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
+        super().__init__(**kwargs)
+        self.resolved, self.config_path = resolved, config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if self.resolved["dry_run"]:
+            raise AirflowSkipException("dry run: nothing was restored")
+        settings = self.settings()
+        repo, manifest, components = self.backup(settings)
+        rows, problems = [], []
+        for name in components:
+            component = get_component(name)(settings)
+            ctx = self.context(repo, manifest, name, settings)
+            items = component.restore_items(ctx.section)
+            equal = 0
+            for item in items:
+                try:
+                    found = component.verify_restore(ctx, item)
+                except Exception as exc:
+                    found = [f"could not verify: {type(exc).__name__}: {exc}"]
+                problems += [f"{name}[{item}]: {p}" for p in found]
+                equal += not found
+            rows.append((name, len(items), equal, equal == len(items)))
+        table = "\n".join(f"{n:10} {backed:>6} {same:>6}   {'yes' if ok else 'NO'}" for n, backed, same, ok in rows)
+        self.log.info("post-restore verification\n%-10s %6s %6s   %s\n%s", "component", "items", "equal",
+                      "all equal?", table)
+        if problems:
+            raise ComponentError("restore", None, "the restored state differs from the backup:\n  "
+                                 + "\n  ".join(problems))
+        return {"rows": [{"component": n, "items": b, "equal": e} for n, b, e, _ in rows], "equal": True}

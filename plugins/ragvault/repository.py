@@ -397,6 +397,40 @@ class BackupRepository:
             chunks = decrypted_chunks(chunks, cipher)
         return decoded_chunks(chunks, artifact.compression)
 
+    def verify_artifact(self, artifact: dict[str, Any], cipher: Cipher | None = None) -> list[str]:
+        """Read an artifact back whole and check it against its manifest entry; return the problems found.
+
+        Size and SHA-256 of the stored bytes; for encrypted ones, that they decrypt (needs ``cipher``); and the
+        SHA-256 of the original bytes where the manifest has it.
+        """
+        key = artifact["key"]
+        stored, original = hashlib.sha256(), hashlib.sha256()
+        size = 0
+
+        def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                stored.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        try:
+            chunks = counted(self.iter_object(key))
+            if artifact.get("encryption"):
+                if cipher is None:
+                    return [f"{key}: encrypted, and no key was given to check it"]
+                chunks = decrypted_chunks(chunks, cipher)
+            for chunk in decoded_chunks(chunks, artifact.get("compression")):
+                original.update(chunk)
+        except Exception as exc:  # each artifact's problem is reported; the caller fails on any
+            return [f"{key}: {type(exc).__name__}: {exc}"]
+        if size != artifact["size"] or stored.hexdigest() != artifact["sha256"]:
+            return [f"{key}: stored bytes differ from the manifest ({size} bytes, sha256 {stored.hexdigest()[:12]}; "
+                    f"expected {artifact['size']} bytes, sha256 {artifact['sha256'][:12]})"]
+        if artifact.get("raw_sha256") and original.hexdigest() != artifact["raw_sha256"]:
+            return [f"{key}: its decoded content differs from the manifest"]
+        return []
+
     def head(self, key: str) -> dict[str, Any] | None:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)

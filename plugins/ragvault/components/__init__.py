@@ -10,6 +10,14 @@ from ragvault.components.redis import RedisComponent
 #: every component, in the seed's order: the DAGs build one task group per entry
 REGISTRY: dict[str, type[Component]] = {c.name: c for c in (QdrantComponent, MongoComponent, RedisComponent)}
 
+_SEED_RESTORE_ORDER = ("qdrant", "mongodb", "redis", "langchain", "langsmith", "gpt", "prometheus", "grafana", "infra")
+
+#: the order of the restore, the seed's: data stores, configs and prompts, metrics, dashboards, infra files;
+#: a component the seed does not name comes last
+RESTORE_ORDER: list[str] = [n for n in _SEED_RESTORE_ORDER if n in REGISTRY] + [
+    n for n in REGISTRY if n not in _SEED_RESTORE_ORDER
+]
+
 
 def get_component(name: str) -> type[Component]:
     try:
@@ -18,4 +26,4 @@ def get_component(name: str) -> type[Component]:
         raise ValueError(f"unknown component {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "BackupContext", "Component", "ComponentError", "get_component"]
+__all__ = ["REGISTRY", "RESTORE_ORDER", "BackupContext", "Component", "ComponentError", "get_component"]

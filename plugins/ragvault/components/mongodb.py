@@ -21,6 +21,7 @@ import os
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from bson import json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-from ragvault.components.base import BackupContext, Component, ComponentError
+from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
 from ragvault.repository import Artifact, ItemResult, utcnow_iso
 
@@ -138,6 +139,91 @@ class MongoComponent(Component):
         ctx.log.info("mongodb %s: %d documents, %d indexes", base, documents, len(indexes))
         return artifacts, {"documents": documents, "indexes": len(indexes)}
 
+    # -- restore --------------------------------------------------------------------------------------
+    # Each collection of a database is dropped and recreated with its options, its documents inserted in
+    # batches from the BSON dump (the bytes as they were, never decoded), then its indexes built, as
+    # mongorestore does. Dumps written by the stock mongodump (mongodump_path) have the same layout.
+
+    def inspect_target(self, ctx: RestoreContext, item: str) -> dict[str, Any]:
+        with self.hook() as hook:
+            database = hook.get_conn().get_database(item)
+            existing = set(database.list_collection_names())
+            clash = [name for name in _restore_collections(ctx, item) if name in existing]
+            documents = sum(database[name].estimated_document_count() for name in clash)
+        if not clash:
+            return {"holds_data": False, "what": f"database {item} has none of the backed-up collections"}
+        return {"holds_data": True,
+                "what": f"database {item}: {len(clash)} collection(s) with {documents} documents would be replaced"}
+
+    def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        totals = {"collections": 0, "documents": 0, "indexes": 0}
+        with self.hook() as hook:
+            database = hook.get_conn().get_database(item)
+            for name in _restore_collections(ctx, item):
+                metadata = json_util.loads(b"".join(ctx.read(ctx.artifact(item, f"dump/{item}/{name}.metadata.json.gz"))))
+                database.drop_collection(name)
+                options = dict(metadata.get("options") or {})
+                if metadata.get("type", "collection") != "collection":
+                    ctx.log.warning("mongodb %s.%s: a %s, recreated from its options only", item, name, metadata["type"])
+                database.create_collection(name, **options)
+                collection = database.get_collection(name, codec_options=RAW)
+                documents = 0
+                dump = ctx.artifacts(item).get(f"dump/{item}/{name}.bson.gz")
+                if dump is not None:
+                    batch, size = [], 0
+                    for raw in iter_bson(ctx.read(dump)):
+                        batch.append(RawBSONDocument(raw))
+                        size += len(raw)
+                        if len(batch) >= INSERT_BATCH_DOCS or size >= INSERT_BATCH_BYTES:
+                            collection.insert_many(batch, ordered=True, bypass_document_validation=True)
+                            documents += len(batch)
+                            batch, size = [], 0
+                    if batch:
+                        collection.insert_many(batch, ordered=True, bypass_document_validation=True)
+                        documents += len(batch)
+                indexes = 0
+                for index in metadata.get("indexes", []):
+                    if index["name"] == "_id_":
+                        continue
+                    options = {k: v for k, v in index.items() if k not in ("v", "key", "ns")}
+                    database[name].create_index(list(index["key"].items()), **options)
+                    indexes += 1
+                ctx.log.info("mongodb %s.%s: %d documents, %d indexes restored", item, name, documents, indexes)
+                totals["collections"] += 1
+                totals["documents"] += documents
+                totals["indexes"] += indexes
+        return totals
+
+    def verify_restore(self, ctx: RestoreContext, item: str, sample: int = 100) -> list[str]:
+        problems = []
+        expected = ctx.item(item)["details"]["collections"]
+        with self.hook() as hook:
+            database = hook.get_conn().get_database(item)
+            existing = set(database.list_collection_names())
+            for name, counts in sorted(expected.items()):
+                if name not in existing:
+                    problems.append(f"collection {name} missing")
+                    continue
+                documents = database[name].count_documents({})
+                if documents != counts["documents"]:
+                    problems.append(f"{name}: {documents} documents, {counts['documents']} in the backup")
+                indexes = len(list(database[name].list_indexes()))
+                if indexes != counts["indexes"]:
+                    problems.append(f"{name}: {indexes} indexes, {counts['indexes']} in the backup")
+                export = ctx.artifacts(item).get(f"export/{item}/{name}.json.zst")
+                if export is None:
+                    continue
+                checked = 0
+                for line in _lines(ctx.read(export)):
+                    document = json_util.loads(line)
+                    found = database[name].find_one({"_id": document["_id"]})
+                    if found != document:
+                        problems.append(f"{name}: document {document['_id']!r} differs from the export")
+                    checked += 1
+                    if checked == sample:
+                        break
+        return problems
+
     def _external_dump(self, ctx: BackupContext, hook: MongoHook, db_name: str, names: list[str]) -> list[Artifact]:
         """Run the configured mongodump for one database and upload the files it wrote."""
         binary = self.config["mongodump_path"]
@@ -174,3 +260,42 @@ def _uuid_hex(spec: dict[str, Any]) -> str | None:
     if isinstance(value, bytes) and len(value) == 16:  # Binary subtype 4, not decoded to a UUID
         return bytes(value).hex()
     return None
+
+
+INSERT_BATCH_DOCS = 1000
+INSERT_BATCH_BYTES = 8 * 1024 * 1024
+
+
+def iter_bson(chunks) -> Iterator[bytes]:
+    """Split a stream of concatenated BSON documents into documents (one in memory at a time)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= 4:
+            length = int.from_bytes(buffer[:4], "little")
+            if length < 5:
+                raise ValueError(f"corrupt BSON stream: a document claims {length} bytes")
+            if len(buffer) < length:
+                break
+            yield bytes(buffer[:length])
+            del buffer[:length]
+    if buffer:
+        raise ValueError(f"BSON stream ends inside a document ({len(buffer)} bytes left)")
+
+
+def _restore_collections(ctx: RestoreContext, db_name: str) -> list[str]:
+    """The collections of ``db_name`` in the backup, found by their metadata files."""
+    suffix = ".metadata.json.gz"
+    prefix = f"dump/{db_name}/"
+    return sorted(path[len(prefix):-len(suffix)] for path in ctx.artifacts(db_name)
+                  if path.startswith(prefix) and path.endswith(suffix))
+
+
+def _lines(chunks) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if pending.strip():
+        yield pending

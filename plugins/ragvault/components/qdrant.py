@@ -13,6 +13,12 @@ For each collection the backup writes, under ``<date>/qdrant/``:
 ``export/<collection>.jsonl.zst``
     every point, one JSON object a line ``{"id": ..., "vector": ..., "payload": ...}`` with all its
     vectors, paged through the scroll API: readable without Qdrant and a rebuild path of its own.
+
+Restore uploads each snapshot (streamed, with Qdrant's checksum, ``priority=snapshot``) and recreates the
+aliases: the collection comes back exactly. When the target refuses the snapshot (another Qdrant version,
+say), the collection is rebuilt from the config (params, HNSW, quantization, optimizer and WAL config,
+payload indexes) and the export's points; Qdrant renormalises Cosine vectors on upsert, so those may then
+differ in the last float32 digit.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ragvault.components.base import BackupContext, Component, ComponentError
+from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
-from ragvault.hooks.qdrant import QdrantHook
+from ragvault.hooks.qdrant import QdrantError, QdrantHook
 from ragvault.repository import ItemResult, utcnow_iso
 
 
@@ -118,3 +124,141 @@ class QdrantComponent(Component):
             offset = page.get("next_page_offset")
             if offset is None:
                 return
+
+    # -- restore --------------------------------------------------------------------------------------
+    # Each collection comes back from its snapshot, uploaded with Qdrant's checksum; its aliases are then
+    # recreated. When the server refuses the snapshot (another Qdrant version, say), the collection is rebuilt
+    # from the config and the points export instead, and the log says so.
+
+    def inspect_target(self, ctx: RestoreContext, item: str) -> dict[str, Any]:
+        client = self.hook().client
+        if not client.collection_exists(item):
+            return {"holds_data": False, "what": f"no collection {item}"}
+        return {"holds_data": True, "what": f"collection {item} with {client.count(item, exact=True).count} points"}
+
+    def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        hook = self.hook()
+        config = json.loads(b"".join(ctx.read(ctx.artifact(item, f"config/{item}.json"))))
+        snapshot = ctx.artifact(item, f"snapshots/{item}.snapshot")
+        rebuilt = 0
+        try:
+            ctx.log.info("qdrant %s: uploading snapshot (%d bytes)", item, snapshot["size"])
+            hook.upload_snapshot(item, ctx.read(snapshot), snapshot["size"], checksum=snapshot["sha256"])
+        except QdrantError as exc:
+            if exc.status is None:  # the server did not answer: nothing to fall back on
+                raise
+            ctx.log.warning("qdrant %s: the server refused the snapshot (%s); rebuilding the collection from its "
+                            "config and the points export instead", item, exc)
+            self._rebuild(ctx, hook, item, config["info"])
+            rebuilt = 1
+        self._recreate_aliases(hook, item, config["aliases"])
+        points = hook.client.count(item, exact=True).count
+        ctx.log.info("qdrant %s: %d points, aliases %s%s", item, points, config["aliases"] or "none",
+                     " (rebuilt from the export)" if rebuilt else "")
+        return {"points": points, "aliases": len(config["aliases"]), "rebuilt_from_export": rebuilt}
+
+    def _rebuild(self, ctx: RestoreContext, hook: QdrantHook, item: str, info: dict[str, Any]) -> None:
+        config = info["config"]
+        params = config["params"]
+        body = {key: params[key] for key in ("vectors", "sparse_vectors", "shard_number", "replication_factor",
+                                             "write_consistency_factor", "on_disk_payload") if params.get(key) is not None}
+        for target, source in (("hnsw_config", "hnsw_config"), ("optimizers_config", "optimizer_config"),
+                               ("wal_config", "wal_config"), ("quantization_config", "quantization_config")):
+            if config.get(source):
+                body[target] = config[source]
+        if hook.client.collection_exists(item):
+            hook.request("DELETE", f"/collections/{item}")
+        hook.request("PUT", f"/collections/{item}", json=body)
+        for field_name, schema in (info.get("payload_schema") or {}).items():
+            field_schema = schema.get("params") or schema["data_type"]
+            hook.request("PUT", f"/collections/{item}/index", params={"wait": "true"},
+                         json={"field_name": field_name, "field_schema": field_schema})
+        export = ctx.artifact(item, f"export/{item}.jsonl.zst")
+        batch, total = [], 0
+        for point in _json_lines(ctx.read(export)):
+            batch.append(point)
+            if len(batch) == 256:
+                hook.request("PUT", f"/collections/{item}/points", params={"wait": "true"}, json={"points": batch})
+                total += len(batch)
+                batch = []
+                if total % 100_000 == 0:
+                    ctx.log.info("qdrant %s: %d points upserted", item, total)
+        if batch:
+            hook.request("PUT", f"/collections/{item}/points", params={"wait": "true"}, json={"points": batch})
+
+    @staticmethod
+    def _recreate_aliases(hook: QdrantHook, item: str, aliases: list[str]) -> None:
+        if not aliases:
+            return
+        existing = {a["alias_name"] for a in hook.request("GET", "/aliases")["aliases"]}
+        actions = [{"delete_alias": {"alias_name": a}} for a in aliases if a in existing]
+        actions += [{"create_alias": {"collection_name": item, "alias_name": a}} for a in aliases]
+        hook.request("POST", "/collections/aliases", json={"actions": actions})
+
+    def verify_restore(self, ctx: RestoreContext, item: str, sample: int = 100) -> list[str]:
+        hook = self.hook()
+        entry = ctx.item(item)
+        problems = []
+        config = json.loads(b"".join(ctx.read(ctx.artifact(item, f"config/{item}.json"))))
+        try:
+            info = hook.request("GET", f"/collections/{item}")
+        except QdrantError as exc:
+            return [f"collection missing: {exc}"]
+        if info["config"]["params"].get("vectors") != config["info"]["config"]["params"].get("vectors"):
+            problems.append("vector params differ from the backup's")
+        points = hook.client.count(item, exact=True).count
+        if points != entry["counts"]["points"]:
+            problems.append(f"{points} points, {entry['counts']['points']} in the backup")
+        aliases = sorted(a.alias_name for a in hook.client.get_collection_aliases(item).aliases)
+        if aliases != config["aliases"]:
+            problems.append(f"aliases {aliases}, {config['aliases']} in the backup")
+        expected = []
+        for point in _json_lines(ctx.read(ctx.artifact(item, f"export/{item}.jsonl.zst"))):
+            expected.append(point)
+            if len(expected) == sample:
+                break
+        if expected:
+            found = hook.request("POST", f"/collections/{item}/points", json={
+                "ids": [p["id"] for p in expected], "with_payload": True, "with_vector": True})
+            by_id = {json.dumps(p["id"]): p for p in found}
+            for point in expected:
+                got = by_id.get(json.dumps(point["id"]))
+                if got is None:
+                    problems.append(f"point {point['id']} missing")
+                elif not same_vectors(got.get("vector"), point["vector"]):
+                    problems.append(f"point {point['id']}: vectors differ from the export")
+                elif (got.get("payload") or {}) != point["payload"]:
+                    problems.append(f"point {point['id']}: payload differs from the export")
+        return problems
+
+
+def same_vectors(a: Any, b: Any, tolerance: float = 1e-6) -> bool:
+    """Vectors equal within float32 precision (Qdrant renormalises Cosine vectors on every upsert).
+
+    Works on every shape a point's vector takes: dense lists, named maps, sparse ``{indices, values}`` (indices
+    exactly), and multivectors (lists of lists).
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return False
+        if "indices" in a:
+            return a["indices"] == b["indices"] and same_vectors(a["values"], b["values"], tolerance)
+        return all(same_vectors(a[k], b[k], tolerance) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_vectors(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return abs(a - b) <= tolerance * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def _json_lines(chunks) -> Iterator[dict[str, Any]]:
+    """Parse a stream of JSON Lines chunk by chunk (one line in memory at a time)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+    if pending.strip():
+        yield json.loads(pending)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
@@ -11,7 +13,11 @@ from airflow.sdk import BaseHook
 
 
 class QdrantError(RuntimeError):
-    """Qdrant answered with an error (or not at all)."""
+    """Qdrant answered with an error (``status`` is its HTTP status), or not at all (``status`` is None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class QdrantHook(BaseHook):
@@ -76,7 +82,8 @@ class QdrantHook(BaseHook):
         except requests.RequestException as exc:
             raise QdrantError(f"{method} {url}: {exc}") from exc
         if response.status_code >= 400:
-            raise QdrantError(f"{method} {url}: HTTP {response.status_code}: {_error_text(response)}")
+            raise QdrantError(f"{method} {url}: HTTP {response.status_code}: {_error_text(response)}",
+                              response.status_code)
         body = response.json()
         return body.get("result", body) if isinstance(body, dict) else body
 
@@ -89,10 +96,53 @@ class QdrantHook(BaseHook):
         try:
             with self.session.get(url, stream=True, timeout=self.timeout) as response:
                 if response.status_code >= 400:
-                    raise QdrantError(f"GET {url}: HTTP {response.status_code}: {_error_text(response)}")
+                    raise QdrantError(f"GET {url}: HTTP {response.status_code}: {_error_text(response)}",
+                                      response.status_code)
                 yield from response.iter_content(chunk_size)
         except requests.RequestException as exc:
             raise QdrantError(f"GET {url}: {exc}") from exc
+
+
+    def upload_snapshot(self, collection: str, chunks: Iterator[bytes], size: int, *, checksum: str | None = None,
+                        priority: str = "snapshot") -> Any:
+        """Recover ``collection`` from snapshot bytes streamed in a multipart upload (never all in memory).
+
+        :param size: the snapshot's size in bytes (the request's length is announced up front).
+        :param checksum: the snapshot's SHA-256; Qdrant refuses the upload when the bytes do not match it.
+        :param priority: ``snapshot`` (the snapshot's data wins), ``replica`` or ``no_sync``.
+        """
+        boundary = uuid.uuid4().hex
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; "
+                f"filename=\"{collection}.snapshot\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        body = _StreamBody(itertools.chain([head], chunks, [tail]), len(head) + size + len(tail))
+        params = {"priority": priority, "wait": "true", **({"checksum": checksum} if checksum else {})}
+        return self.request("POST", f"/collections/{collection}/snapshots/upload", params=params, data=body,
+                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+class _StreamBody:
+    """A request body read piece by piece from iterators, with its length known up front."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int):
+        self._chunks = iter(chunks)
+        self.length = length
+        self._buffer = b""
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
 
 
 def _error_text(response: requests.Response) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import bson
 import pytest
@@ -77,3 +78,43 @@ def test_collection_filters(settings, seeded_mongo, mongo_client, context):
     result = component.backup(context("mongodb"), "rag_app")
     assert "chunks" not in result.details["collections"]
     assert not any("/chunks." in a.key for a in result.artifacts)
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+def test_restore_onto_a_blank_server(settings, backed_up, restore_context, target_settings, seeded_mongo,
+                                     mongo_client, monkeypatch):
+    from devstack.state import spare_ferretdb
+    from pymongo import MongoClient
+
+    manifest = backed_up(MongoComponent(settings))
+    with spare_ferretdb() as uri:
+        port = int(uri.rsplit(":", 1)[1].strip("/"))
+        monkeypatch.setenv("AIRFLOW_CONN_MONGO_TARGET", json.dumps({"conn_type": "mongo", "host": "127.0.0.1",
+                                                                    "port": port}))
+        restorer = MongoComponent(target_settings("mongo", "mongo_target"))
+        ctx = restore_context(manifest, "mongodb", restorer.settings)
+        databases = restorer.restore_items(ctx.section)
+        assert {"rag_app", "rag_logs"} <= set(databases)
+        assert not any(restorer.inspect_target(ctx, db)["holds_data"] for db in databases)
+        for db in databases:
+            restorer.restore(ctx, db)
+        target = MongoClient(uri)
+        for db in ("rag_app", "rag_logs"):
+            for name in mongo_client[db].list_collection_names():
+                source_docs = list(mongo_client[db][name].find({}, sort=[("_id", 1)]))
+                assert list(target[db][name].find({}, sort=[("_id", 1)])) == source_docs, f"{db}.{name}"
+                strip = lambda indexes: sorted((i["name"], tuple(i["key"].items()), i.get("unique", False))  # noqa: E731
+                                               for i in indexes)
+                assert strip(target[db][name].list_indexes()) == strip(mongo_client[db][name].list_indexes())
+            assert restorer.verify_restore(ctx, db) == []
+            assert restorer.inspect_target(ctx, db)["holds_data"]
+
+        # A restore over data replaces it (no duplicates), and the verification notices a change.
+        restorer.restore(ctx, "rag_app")
+        assert target.rag_app.documents.count_documents({}) == seeded_mongo["rag_app.documents"]
+        target.rag_app.documents.delete_one({})
+        problems = restorer.verify_restore(ctx, "rag_app")
+        assert any("documents:" in p for p in problems), problems
+        target.close()

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 from devstack import seed
 
-from ragvault.components.qdrant import QdrantComponent
+from ragvault.components.qdrant import QdrantComponent, same_vectors
 from ragvault.hooks.qdrant import QdrantHook
 
 
@@ -90,3 +90,93 @@ def test_named_sparse_and_multivectors_survive(settings, context, repo, seeded_q
 def test_unknown_collection_fails_naming_it(settings, context):
     with pytest.raises(Exception, match="no_such_collection"):
         QdrantComponent(settings).backup(context("qdrant"), "no_such_collection")
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def blank_qdrant(tmp_path, monkeypatch):
+    """A second, empty Qdrant (emulator) on a free port, reachable as connection ``qdrant_target``."""
+    import threading
+
+    from devstack.qdrant_emulator import make_server
+
+    servers = []
+
+    def start(refuse_snapshots: bool = False) -> QdrantHook:
+        server = make_server("127.0.0.1", 0, tmp_path / f"qdrant{len(servers)}", api_key="target-key",
+                             refuse_snapshots=refuse_snapshots)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setenv("AIRFLOW_CONN_QDRANT_TARGET", json.dumps({
+            "conn_type": "qdrant", "host": "127.0.0.1", "port": server.server_address[1],
+            "password": "target-key"}))
+        return QdrantHook("qdrant_target")
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def qdrant_state(hook: QdrantHook) -> dict:
+    state = {}
+    for collection in hook.client.get_collections().collections:
+        info = hook.request("GET", f"/collections/{collection.name}")
+        state[collection.name] = {
+            "config": info["config"], "payload_schema": info["payload_schema"],
+            "points": all_points(hook, collection.name),
+            "aliases": sorted(a.alias_name for a in hook.client.get_collection_aliases(collection.name).aliases),
+        }
+    return state
+
+
+@pytest.mark.parametrize("refuse_snapshots", [False, True], ids=["from-snapshot", "rebuilt-from-export"])
+def test_restore_onto_a_blank_server(settings, backed_up, restore_context, target_settings, qdrant_hook,
+                                     seeded_qdrant, blank_qdrant, refuse_snapshots):
+    manifest = backed_up(QdrantComponent(settings))
+    target = blank_qdrant(refuse_snapshots=refuse_snapshots)
+    restorer = QdrantComponent(target_settings("qdrant", "qdrant_target"))
+    ctx = restore_context(manifest, "qdrant", restorer.settings)
+    items = restorer.restore_items(ctx.section)
+    assert items == sorted(seeded_qdrant)
+
+    assert all(not restorer.inspect_target(ctx, item)["holds_data"] for item in items)
+    for item in items:
+        counts = restorer.restore(ctx, item)
+        assert counts["points"] == seeded_qdrant[item]
+        assert counts["rebuilt_from_export"] == int(refuse_snapshots)
+    assert all(restorer.inspect_target(ctx, item)["holds_data"] for item in items)
+
+    # Every point with identical vectors and payload, the same config, payload indexes and aliases.
+    source, restored = qdrant_state(qdrant_hook), qdrant_state(target)
+    assert restored.keys() == source.keys()
+    for name in source:
+        if refuse_snapshots:  # Cosine vectors renormalised on upsert: equal within float32 precision
+            assert restored[name]["points"].keys() == source[name]["points"].keys(), name
+            for key, point in source[name]["points"].items():
+                assert restored[name]["points"][key]["payload"] == point["payload"], (name, key)
+                assert same_vectors(restored[name]["points"][key]["vector"], point["vector"]), (name, key)
+        else:
+            assert restored[name]["points"] == source[name]["points"], name
+        assert restored[name]["config"]["params"] == source[name]["config"]["params"], name
+        assert restored[name]["config"]["hnsw_config"] == source[name]["config"]["hnsw_config"], name
+        assert restored[name]["config"]["quantization_config"] == source[name]["config"]["quantization_config"]
+        assert restored[name]["payload_schema"].keys() == source[name]["payload_schema"].keys(), name
+        assert restored[name]["aliases"] == source[name]["aliases"], name
+        assert restorer.verify_restore(ctx, name) == []
+
+    # The verification notices a difference.
+    target.request("POST", "/collections/faq/points/delete", params={"wait": "true"},
+                   json={"points": [source["faq"]["points"][next(iter(source["faq"]["points"]))]["id"]]})
+    problems = restorer.verify_restore(ctx, "faq")
+    assert any("points" in p for p in problems), problems
+
+
+def test_vector_comparison_is_strict_beyond_float32_precision():
+    assert same_vectors({"a": [0.1, 0.2], "s": {"indices": [1, 5], "values": [0.5, 0.25]}},
+                        {"a": [0.1 + 1e-9, 0.2], "s": {"indices": [1, 5], "values": [0.5, 0.25]}})
+    assert not same_vectors([0.1, 0.2], [0.1, 0.2001])
+    assert not same_vectors({"indices": [1, 5], "values": [0.5, 0.25]}, {"indices": [1, 6], "values": [0.5, 0.25]})
+    assert not same_vectors([[0.1], [0.2]], [[0.1]])

@@ -1,0 +1,97 @@
+"""
+### intelligence_restore
+
+Brings the stack back from a backup made by `intelligence_backup`, in the seed's order. Trigger it from the
+Airflow UI (**Trigger DAG** opens the form) or with `airflow dags trigger intelligence_restore --conf '{...}'`.
+
+| field | meaning |
+|---|---|
+| `backup_date` | `latest` (the newest date with a complete manifest) or a `YYYY-MM-DD` date |
+| `components` | which components to restore (default: all) |
+| `dry_run` | verify the backup and print the plan; write nothing |
+| `confirm` | to restore over targets that already hold data, type the backup date here |
+
+1. **pause_ingestion** (setup), **resolve_backup**: finds the complete backup.
+2. **verify_backup**: downloads every selected artifact and checks size, SHA-256 and decryption against the
+   manifest. A missing object or a mismatch fails here, before anything is written.
+3. **plan_restore**: prints what will be written and what overwritten; stops unless `confirm` is set when
+   targets hold data.
+4. One task group per component: Qdrant, MongoDB, Redis, then configs, prompts, metrics, dashboards, infra.
+5. **verify_restore**: compares the restored state with the manifest (counts and a sample, field by field).
+6. **resume_ingestion** (teardown): always runs.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, TaskGroup
+
+from ragvault.components import REGISTRY, RESTORE_ORDER
+from ragvault.config import load_settings
+from ragvault.operators import (
+    ListRestoreItemsOperator,
+    PauseIngestionOperator,
+    PlanRestoreOperator,
+    ResolveBackupOperator,
+    RestoreComponentOperator,
+    ResumeIngestionOperator,
+    VerifyBackupOperator,
+    VerifyRestoreOperator,
+)
+
+settings = load_settings()
+RESOLVED = "{{ ti.xcom_pull(task_ids='resolve_backup') }}"
+
+with DAG(
+    dag_id="intelligence_restore",
+    description="Restore vectors, documents, caches, configs, traces, metrics and dashboards from a backup",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**settings.default_args(), "retries": 0},
+    render_template_as_native_obj=True,
+    doc_md=__doc__,
+    tags=["ragvault", "restore"],
+    params={
+        "backup_date": Param("latest", type="string", pattern=r"^(latest|\d{4}-\d{2}-\d{2})$",
+                             title="Backup date",
+                             description="latest, or the YYYY-MM-DD date of a complete backup"),
+        "components": Param(list(REGISTRY), type="array", items={"type": "string", "enum": list(REGISTRY)},
+                            uniqueItems=True, minItems=1, title="Components",
+                            description="the components to restore (default: all of them)"),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="verify the backup and print the plan; write nothing"),
+        "confirm": Param("", type="string", title="Confirm overwrite",
+                         description="restoring over targets that already hold data needs the backup date here"),
+    },
+) as dag:
+    pause = PauseIngestionOperator(task_id="pause_ingestion")
+    resolve = ResolveBackupOperator(task_id="resolve_backup")
+    verify = VerifyBackupOperator(task_id="verify_backup", resolved=RESOLVED)
+    plan = PlanRestoreOperator(task_id="plan_restore", resolved=RESOLVED)
+
+    steps = []
+    for name in RESTORE_ORDER:
+        component = REGISTRY[name]
+        with TaskGroup(group_id=name, tooltip=component.title) as group:
+            if component.item_noun:
+                items = ListRestoreItemsOperator(task_id=f"list_{component.item_noun}s", component=name,
+                                                 resolved=RESOLVED)
+                RestoreComponentOperator.partial(
+                    task_id=f"restore_{component.item_noun}", component=name, resolved=RESOLVED,
+                    map_index_template="{{ task.item }}",
+                ).expand(item=items.output)
+            else:
+                RestoreComponentOperator(task_id="restore", component=name, resolved=RESOLVED)
+        steps.append(group)
+
+    check = VerifyRestoreOperator(task_id="verify_restore", resolved=RESOLVED)
+    resume = ResumeIngestionOperator(task_id="resume_ingestion")
+
+    pause >> resolve >> verify >> plan
+    previous = plan
+    for step in steps:
+        previous >> step
+        previous = step
+    previous >> check >> resume.as_teardown(setups=pause)

@@ -1,0 +1,390 @@
+"""Grafana backup against private Grafana emulators (``include/devstack/grafana_emulator.py``).
+
+Each emulator runs in a thread on a free port with its ``grafana.db`` and ``grafana.ini`` in a temporary
+directory, seeded by ``include/devstack/seed_grafana.py``; the component reaches it through an Airflow
+connection defined for the test. Every assertion compares what was uploaded to MinIO, read back, with what
+the emulator's API or its database holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from devstack.grafana_emulator import make_server
+from devstack.seed_grafana import seed_grafana
+
+from ragvault.components.base import ComponentError
+from ragvault.components.grafana import GrafanaComponent
+from ragvault.config import load_settings
+from ragvault.crypto import SCHEME, Cipher
+from ragvault.repository import Artifact
+
+TOKEN = f"test-grafana-token-{uuid.uuid4().hex[:8]}"
+ADMIN_PASSWORD = f"admin-{uuid.uuid4().hex[:8]}"
+KEY = os.urandom(32)
+PROVISIONING = "/api/v1/provisioning"
+
+
+@dataclass
+class Grafana:
+    url: str
+    port: int
+    data_dir: Path
+    session: requests.Session
+
+    def get(self, path: str, **params):
+        response = self.session.get(self.url + path, params=params or None, timeout=10)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        return response.json()
+
+    def post(self, path: str, body: dict) -> dict:
+        response = self.session.post(self.url + path, json=body, timeout=10)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        return response.json()
+
+    def dashboard_uids(self) -> set[str]:
+        return {hit["uid"] for hit in self.get("/api/search", type="dash-db", limit=5000)}
+
+
+@contextmanager
+def emulator(data_dir: Path) -> Iterator[Grafana]:
+    server = make_server("127.0.0.1", 0, data_dir, token=TOKEN, admin_password=ADMIN_PASSWORD)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {TOKEN}"
+    port = server.server_address[1]
+    try:
+        yield Grafana(f"http://127.0.0.1:{port}", port, Path(data_dir), session)
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def extra_library_panels(grafana: Grafana) -> None:
+    """Two more library panels, so that a page size of 2 needs several pages."""
+    for name in ("Cache hit ratio", "Embedding queue depth"):
+        grafana.post("/api/library-elements", {"uid": f"lp-{uuid.uuid4().hex[:8]}", "name": name, "kind": 1,
+                                               "folderUid": "rv-infra", "model": {"type": "stat", "title": name}})
+
+
+@pytest.fixture(scope="module")
+def grafana(tmp_path_factory) -> Iterator[Grafana]:
+    """One seeded emulator for the module's read-only tests."""
+    with emulator(tmp_path_factory.mktemp("grafana")) as server:
+        first = seed_grafana(server.url, TOKEN)
+        assert seed_grafana(server.url, TOKEN) == first  # seeding twice updates, it does not duplicate
+        extra_library_panels(server)
+        yield server
+
+
+@pytest.fixture
+def connect(monkeypatch):
+    """``connect(port, **fields) -> conn_id``: an http connection to a Grafana on 127.0.0.1:port."""
+
+    def make(port: int, **fields) -> str:
+        conn_id = f"grafana_test_{uuid.uuid4().hex[:8]}"
+        conn = {"conn_type": "http", "schema": "http", "host": "127.0.0.1", "port": port, **fields}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return make
+
+
+@pytest.fixture
+def make_settings(make_config, monkeypatch):
+    """``make_settings(conn_id, **component_config)``: settings with the grafana connection and a backup key."""
+    key_conn = f"ragvault_key_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{key_conn.upper()}", json.dumps({"conn_type": "generic",
+                                                                       "password": KEY.hex()}))
+
+    def make(conn_id: str, encryption: str = key_conn, **component):
+        config = {"page_size": 2, "retries": 0, **component}
+        return load_settings(make_config(connections={"grafana": conn_id, "encryption": encryption},
+                                         components={"grafana": config}))
+
+    return make
+
+
+def by_path(result) -> dict[str, Artifact]:
+    return {artifact.key.split("/", 2)[2]: artifact for artifact in result.artifacts}
+
+
+def read(repo, artifact: Artifact, cipher: Cipher | None = None) -> bytes:
+    return b"".join(repo.iter_artifact(artifact, cipher=cipher))
+
+
+def read_json(repo, artifact: Artifact):
+    return json.loads(read(repo, artifact))
+
+
+def expected_path(grafana: Grafana, dashboard_uid: str) -> str:
+    """``dashboards/<folder uids from the top>/<uid>.json``, from the API's own ``parents`` list."""
+    meta = grafana.get(f"/api/dashboards/uid/{dashboard_uid}")["meta"]
+    chain = []
+    if meta["folderUid"]:
+        folder = grafana.get(f"/api/folders/{meta['folderUid']}")
+        chain = [parent["uid"] for parent in folder.get("parents", [])] + [folder["uid"]]
+    return "/".join(["dashboards", *chain, f"{dashboard_uid}.json"])
+
+
+def open_db_copy(repo, artifact: Artifact, tmp_path: Path, cipher: Cipher | None = None) -> sqlite3.Connection:
+    copy = tmp_path / f"restored-{uuid.uuid4().hex[:6]}.db"
+    copy.write_bytes(read(repo, artifact, cipher))
+    return sqlite3.connect(copy)
+
+
+# -- the API export -------------------------------------------------------------------------------------------
+
+
+def test_dashboards_folders_datasources_and_library_panels(grafana, connect, make_settings, context, repo,
+                                                           caplog):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    settings = make_settings(connect(grafana.port, password=TOKEN))
+    result = GrafanaComponent(settings).backup(context("grafana"), None)
+    files = by_path(result)
+
+    # Every dashboard: one file, at its folder's uid path, holding exactly what the API answers.
+    uids = grafana.dashboard_uids()
+    assert len(uids) == 6 == result.counts["dashboards"]
+    dashboard_files = {path for path in files if path.startswith("dashboards/")}
+    assert dashboard_files == {expected_path(grafana, uid) for uid in uids}
+    assert {"dashboards/rv-d-home.json", "dashboards/rv-platform/rv-d-platform-slo.json",
+            "dashboards/rv-platform/rv-retrieval/rv-quality/rv-d-answer-quality.json",
+            "dashboards/rv-infra/rv-storage/rv-d-storage.json"} <= dashboard_files
+    for uid in uids:
+        stored = read_json(repo, files[expected_path(grafana, uid)])
+        assert stored == grafana.get(f"/api/dashboards/uid/{uid}")
+        assert set(stored) == {"dashboard", "meta"} and stored["dashboard"]["uid"] == uid
+    linked = read_json(repo, files["dashboards/rv-platform/rv-retrieval/rv-d-retrieval.json"])
+    assert linked["dashboard"]["panels"][0]["libraryPanel"]["uid"] == "rv-lib-latency-p95"
+
+    # Every folder, nested ones included, parents first, with the API's uid, title and parentUid.
+    folders = read_json(repo, files["folders.json"])
+    assert len(folders) == 5 == result.counts["folders"]
+    for folder in folders:
+        api = grafana.get(f"/api/folders/{folder['uid']}")
+        assert (folder["uid"], folder["title"], folder["parentUid"]) == (api["uid"], api["title"],
+                                                                         api.get("parentUid"))
+    order = [folder["uid"] for folder in folders]
+    for folder in folders:
+        if folder["parentUid"]:
+            assert order.index(folder["parentUid"]) < order.index(folder["uid"])
+    assert {(f["uid"], f["parentUid"]) for f in folders} >= {("rv-quality", "rv-retrieval"),
+                                                              ("rv-retrieval", "rv-platform"),
+                                                              ("rv-platform", None)}
+
+    # Data sources as the API shows them: which secure fields are set, never their values.
+    raw = read(repo, files["datasources.json"])
+    sources = json.loads(raw)
+    assert len(sources) == 2 == result.counts["datasources"]
+    for source in sources:
+        assert source == grafana.get(f"/api/datasources/uid/{source['uid']}")
+    prometheus = next(s for s in sources if s["uid"] == "rv-prometheus")
+    assert prometheus["secureJsonFields"] == {"basicAuthPassword": True, "httpHeaderValue1": True}
+    assert b"seeded-prometheus-password" not in raw and b"seeded-loki-token" not in raw
+    assert any("secure fields" in r.getMessage() and "not exportable through the API" in r.getMessage()
+               and "grafana.db carries them" in r.getMessage() for r in caplog.records)
+
+    # Library panels, read across several pages (page_size 2), equal to the API's listing.
+    panels = read_json(repo, files["library_panels.json"])
+    listed = grafana.get("/api/library-elements", perPage=100)["result"]
+    assert len(panels) == 3 == listed["totalCount"] == result.counts["library_panels"]
+    assert sorted(panels, key=lambda p: p["uid"]) == sorted(listed["elements"], key=lambda p: p["uid"])
+    assert next(p for p in panels if p["uid"] == "rv-lib-latency-p95")["meta"]["connectedDashboards"] == 1
+
+    assert result.source_version == grafana.get("/api/health")["version"] == result.details["grafana_version"]
+    assert result.details["database"] == "sqlite"
+    assert "grafana.ini" not in files and "grafana.db.zst" not in files  # neither path configured
+
+
+def test_alerting_files_equal_the_provisioning_api(grafana, connect, make_settings, context, repo):
+    settings = make_settings(connect(grafana.port, password=TOKEN))
+    result = GrafanaComponent(settings).backup(context("grafana"), None)
+    files = by_path(result)
+
+    rules = grafana.get(f"{PROVISIONING}/alert-rules")
+    assert read_json(repo, files["alerting/alert_rules.json"]) == rules
+    assert len(rules) == 3 == result.counts["alert_rules"]
+    group = grafana.get(f"{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo")
+    assert read_json(repo, files["alerting/rule_groups.json"]) == [group]
+    assert group["interval"] == 60 and result.counts["rule_groups"] == 1
+
+    points = grafana.get(f"{PROVISIONING}/contact-points")
+    raw_points = read(repo, files["alerting/contact_points.json"])
+    assert json.loads(raw_points) == points and result.counts["contact_points"] == len(points) == 2
+    assert b"seeded-webhook-password" not in raw_points and b"[REDACTED]" in raw_points
+
+    policies = read_json(repo, files["alerting/policies.json"])
+    assert policies == grafana.get(f"{PROVISIONING}/policies")
+    assert policies["receiver"] == "rag-oncall"
+    assert policies["routes"][1]["mute_time_intervals"] == ["rag-maintenance-window"]
+
+    timings = read_json(repo, files["alerting/mute_timings.json"])
+    assert timings == grafana.get(f"{PROVISIONING}/mute-timings") and result.counts["mute_timings"] == 1
+    templates = read_json(repo, files["alerting/templates.json"])
+    assert templates == grafana.get(f"{PROVISIONING}/templates") and result.counts["templates"] == 1
+    assert templates[0]["name"] == "rag.title"
+
+
+# -- grafana.ini and grafana.db -------------------------------------------------------------------------------
+
+
+def test_grafana_ini_and_db_are_copied_checked_and_encrypted(grafana, connect, make_settings, context, repo,
+                                                            s3_client, tmp_path):
+    settings = make_settings(connect(grafana.port, password=TOKEN), config_path=str(grafana.data_dir),
+                             db_path=str(grafana.data_dir))
+    result = GrafanaComponent(settings).backup(context("grafana"), None)
+    files = by_path(result)
+    cipher = Cipher(KEY)
+
+    ini = files["grafana.ini"]
+    assert (ini.encryption, ini.key_fingerprint) == (SCHEME, cipher.key_fingerprint)
+    stored = s3_client.get_object(Bucket=repo.bucket, Key=ini.key)["Body"].read()
+    assert stored.startswith(b"RVAE1") and b"[database]" not in stored
+    assert read(repo, ini, cipher) == (grafana.data_dir / "grafana.ini").read_bytes()
+
+    database = files["grafana.db.zst"]
+    assert database.compression == "zstd" and database.encryption == SCHEME
+    with pytest.raises(Exception, match="encrypted"):
+        read(repo, database)  # no key, no database
+    copy = open_db_copy(repo, database, tmp_path, cipher)
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored_uids = {row[0] for row in copy.execute("SELECT uid FROM dashboard WHERE is_folder = 0")}
+        secrets = copy.execute("SELECT secure_json_data FROM data_source WHERE uid = 'rv-prometheus'").fetchone()[0]
+        folders = {row[0] for row in copy.execute("SELECT uid FROM folder")}
+    finally:
+        copy.close()
+    assert stored_uids == grafana.dashboard_uids()
+    assert set(json.loads(secrets)) == {"basicAuthPassword", "httpHeaderValue1"}  # the database carries them
+    assert folders == {"rv-platform", "rv-retrieval", "rv-quality", "rv-infra", "rv-storage"}
+    assert result.details["integrity_check"] == "ok"
+    assert result.details["db_dashboards"] == len(stored_uids)
+    assert sorted(result.details["encrypted"]) == ["grafana.db.zst", "grafana.ini"]
+
+
+def test_db_copy_is_consistent_while_dashboards_are_being_saved(tmp_path, connect, make_settings, context, repo,
+                                                                caplog):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    with emulator(tmp_path / "busy") as busy:
+        seed_grafana(busy.url, TOKEN)
+        writes, failures = [0], []
+        writing, stop = threading.Event(), threading.Event()
+
+        def keep_saving() -> None:
+            for index in range(5000):
+                if stop.is_set():
+                    return
+                body = {"dashboard": {"uid": f"busy-{index}", "title": f"Written during backup {index}",
+                                      "tags": ["busy"], "panels": [{"id": 1, "type": "text", "title": "x" * 200}]},
+                        "folderUid": "rv-quality"}
+                response = busy.session.post(busy.url + "/api/dashboards/db", json=body, timeout=60)
+                if response.status_code != 200:
+                    failures.append(response.text)
+                writes[0] += 1
+                writing.set()
+
+        writer = threading.Thread(target=keep_saving)
+        writer.start()
+        try:
+            assert writing.wait(timeout=10)
+            before = busy.dashboard_uids()
+            writes_at_start = writes[0]
+            settings = make_settings(connect(busy.port, password=TOKEN), db_path=str(busy.data_dir / "grafana.db"),
+                                     encrypt=False)
+            result = GrafanaComponent(settings).backup(context("grafana"), None)
+            writes_at_end = writes[0]
+        finally:
+            stop.set()
+            writer.join(timeout=60)
+        assert not writer.is_alive() and not failures
+        assert writes_at_end > writes_at_start  # the server kept saving while the backup ran
+
+        database = by_path(result)["grafana.db.zst"]
+        assert database.encryption is None
+        copy = open_db_copy(repo, database, tmp_path)
+        try:
+            assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            stored = dict(copy.execute("SELECT uid, version FROM dashboard WHERE is_folder = 0"))
+            # One snapshot: every dashboard row has the version row and tags its save wrote in the same transaction.
+            orphans = copy.execute(
+                "SELECT COUNT(*) FROM dashboard d WHERE d.is_folder = 0 AND NOT EXISTS (SELECT 1 FROM "
+                "dashboard_version v WHERE v.dashboard_id = d.id AND v.version = d.version)").fetchone()[0]
+            tagless = copy.execute(
+                "SELECT COUNT(*) FROM dashboard d WHERE d.uid LIKE 'busy-%' AND NOT EXISTS (SELECT 1 FROM "
+                "dashboard_tag t WHERE t.dashboard_id = d.id AND t.term = 'busy')").fetchone()[0]
+        finally:
+            copy.close()
+        assert before <= set(stored)
+        assert any(uid.startswith("busy-") for uid in stored)
+        assert orphans == 0 and tagless == 0
+        assert result.details["db_dashboards"] == len(stored)
+        assert any("stored unencrypted" in r.getMessage() for r in caplog.records)
+
+
+def test_external_database_is_not_applicable_and_basic_auth_works(grafana, connect, make_settings, context,
+                                                                  caplog):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    conn_id = connect(grafana.port, login="admin", password=ADMIN_PASSWORD)
+    # no key connection is needed: nothing holding secrets is written
+    settings = make_settings(conn_id, encryption="no_such_key_connection", database="postgres",
+                             db_path=str(grafana.data_dir))
+    result = GrafanaComponent(settings).backup(context("grafana"), None)
+    files = by_path(result)
+    assert "grafana.db.zst" not in files and "grafana.ini" not in files
+    assert result.details["database"] == "postgres"
+    assert result.details["grafana_db"].startswith("not applicable")
+    assert result.counts["dashboards"] == len(grafana.dashboard_uids())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("grafana.db is not applicable" in m for m in messages)
+    assert any("grafana.ini skipped" in m for m in messages)
+
+
+# -- failures ------------------------------------------------------------------------------------------------
+
+
+def test_missing_backup_key_fails_naming_the_connection(grafana, connect, make_settings, context):
+    settings = make_settings(connect(grafana.port, password=TOKEN), encryption="no_such_key_connection",
+                             config_path=str(grafana.data_dir))
+    with pytest.raises(ComponentError, match="no_such_key_connection") as failure:
+        GrafanaComponent(settings).backup(context("grafana"), None)
+    assert "encrypt: false" in str(failure.value)
+
+
+def test_unreachable_grafana_names_the_endpoint_and_the_cause(connect, make_settings, context):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    component = GrafanaComponent(make_settings(connect(port, password=TOKEN)))
+    assert component.endpoint() == f"http://127.0.0.1:{port}"
+    with pytest.raises(ComponentError) as failure:
+        component.backup(context("grafana"), None)
+    message = str(failure.value)
+    assert failure.value.component == "grafana"
+    assert f"GET http://127.0.0.1:{port}/api/health" in message
+    assert "Connection refused" in message and TOKEN not in message
+
+
+def test_bad_token_names_the_401(grafana, connect, make_settings, context):
+    conn_id = connect(grafana.port, password="not-the-token")
+    with pytest.raises(ComponentError) as failure:
+        GrafanaComponent(make_settings(conn_id)).backup(context("grafana"), None)
+    message = str(failure.value)
+    assert "HTTP 401" in message and "Invalid API key" in message
+    assert f"{grafana.url}/api/folders" in message and conn_id in message
+    assert "not-the-token" not in message

@@ -1,0 +1,405 @@
+"""LangSmith backup against the LangSmith emulator (or a real workspace through AIRFLOW_CONN_LANGSMITH_DEFAULT).
+
+The module seeds projects of its own (a unique name prefix) over three days of a far-future week no other
+test uses, backs up the middle day, reads what was uploaded back from MinIO and checks it against the
+seeded data set and against what the SDK reads from the server. Rate limiting is played by a small local
+HTTP proxy in front of the emulator that answers chosen requests with 429/503 before forwarding the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from devstack.seed_langsmith import langsmith_dataset, seed_langsmith
+from ragvault.components.base import BackupContext, ComponentError
+from ragvault.components.langsmith import LangSmithComponent
+from ragvault.config import load_settings
+from ragvault.hooks.langsmith import DEFAULT_API_URL, LangSmithHook
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    # read_run()/list_runs() still work in this SDK release but announce their successors.
+    pytest.mark.filterwarnings("ignore:.*is deprecated and will be removed:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The child_run_ids field is deprecated:DeprecationWarning"),
+]
+
+TRACES_PER_DAY = 20  # ~130 runs a day in rag-chatbot: more than one page of list_runs
+TREE_FIELDS = ("id", "trace_id", "parent_run_id", "parent_run_ids", "child_run_ids", "dotted_order", "session_id",
+               "name", "run_type", "start_time", "end_time", "status", "inputs", "outputs", "error", "tags",
+               "extra", "events")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_env():
+    """Keep LANGSMITH_*/LANGCHAIN_* settings of the caller's shell out of the SDK."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(("LANGSMITH_", "LANGCHAIN_")):
+                patch.delenv(name)
+        yield
+
+
+@pytest.fixture(scope="module")
+def ls_hook(isolated_env):
+    with LangSmithHook() as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
+def seeded(ls_hook):
+    """Three days of seeded traces in projects of our own, plus single runs on the middle day's edges."""
+    client = ls_hook.get_conn()
+    prefix = f"rvtest-{uuid.uuid4().hex[:8]}-"
+    day = dt.date(2045, 1, 1) + dt.timedelta(days=random.randrange(0, 5000))
+    days = [day - dt.timedelta(days=1), day, day + dt.timedelta(days=1)]
+    counts = seed_langsmith(client, days, prefix=prefix, traces_per_day=TRACES_PER_DAY)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    end = start + dt.timedelta(days=1)
+    edges = {
+        "at_start": start,
+        "at_end": end,
+        "before_start": start - dt.timedelta(microseconds=1),
+        "before_end": end - dt.timedelta(microseconds=1),
+    }
+    edge_runs = {label: edge_run(f"{prefix}rag-chatbot", label, moment) for label, moment in edges.items()}
+    client.batch_ingest_runs(create=[dict(run) for run in edge_runs.values()])
+    projects = {p.name: p for p in langsmith_dataset(days, prefix=prefix, traces_per_day=TRACES_PER_DAY)}
+    projects[f"{prefix}rag-chatbot"].runs.extend(edge_runs.values())
+    yield {"prefix": prefix, "day": day, "start": start, "end": end, "projects": projects, "edges": edge_runs,
+           "counts": counts}
+    for name in projects:
+        client.delete_project(project_name=name)
+
+
+def edge_run(project: str, label: str, moment: dt.datetime) -> dict:
+    run_id = str(uuid.uuid4())
+    return {"id": run_id, "trace_id": run_id, "dotted_order": moment.strftime("%Y%m%dT%H%M%S%fZ") + run_id,
+            "session_name": project, "name": f"edge-{label}", "run_type": "tool", "start_time": moment.isoformat(),
+            "end_time": (moment + dt.timedelta(milliseconds=3)).isoformat(), "inputs": {"edge": label},
+            "outputs": {"ok": True}, "tags": ["edge"]}
+
+
+def expected_runs(seeded, project_names) -> dict[str, dict]:
+    """The seeded runs of these projects that start in the interval, from the data set (not the server)."""
+    return {
+        run["id"]: run
+        for name in project_names
+        for run in seeded["projects"][name].runs
+        if seeded["start"] <= dt.datetime.fromisoformat(run["start_time"]) < seeded["end"]
+    }
+
+
+def settings_for(make_config, conn_id: str = "langsmith_default", **component):
+    return load_settings(make_config(connections={"langsmith": conn_id}, components={"langsmith": component}))
+
+
+def interval_context(context, seeded) -> BackupContext:
+    ctx = context("langsmith")
+    ctx.run.update(data_interval_start=seeded["start"].isoformat(), data_interval_end=seeded["end"].isoformat(),
+                   logical_date=seeded["start"].isoformat())
+    return ctx
+
+
+def read_back(repo, result):
+    keys = {a.key.split("/", 2)[2]: a for a in result.artifacts}
+    assert set(keys) == {"projects.json", "runs.json.zst"}
+    projects = json.loads(b"".join(repo.iter_artifact(keys["projects.json"])))
+    lines = b"".join(repo.iter_artifact(keys["runs.json.zst"])).decode().splitlines()
+    return projects, [json.loads(line) for line in lines]
+
+
+def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config, context, repo, seeded, ls_hook):
+    prefix, client = seeded["prefix"], ls_hook.get_conn()
+    selected = [f"{prefix}nightly-evals", f"{prefix}rag-chatbot"]
+    settings = settings_for(make_config, projects=[f"{prefix}rag-*", f"{prefix}nightly-evals"])
+    threads_before = set(threading.enumerate())
+
+    result = LangSmithComponent(settings).backup(interval_context(context, seeded), None)
+
+    assert set(threading.enumerate()) - threads_before == set()  # no tracing thread left behind
+    projects, runs = read_back(repo, result)
+
+    # projects.json: the selected projects, each exactly as the API describes it, metadata included.
+    assert [p["name"] for p in projects] == selected
+    for project in projects:
+        assert project == client.request_with_retries("GET", f"/sessions/{project['id']}").json()
+        seeded_project = seeded["projects"][project["name"]]
+        assert project["description"] == seeded_project.description
+        assert project["extra"]["metadata"] == seeded_project.metadata
+        assert "reference_dataset_id" in project and project["tenant_id"]
+
+    # runs.json: exactly the runs that started in [start, end) in the selected projects, none twice.
+    expected = expected_runs(seeded, selected)
+    ids = [run["id"] for run in runs]
+    assert len(ids) == len(set(ids)) == len(expected) == result.counts["runs"]
+    assert set(ids) == set(expected)
+    edges = seeded["edges"]
+    assert {edges["at_start"]["id"], edges["before_end"]["id"]} <= set(ids)
+    assert not {edges["before_start"]["id"], edges["at_end"]["id"]} & set(ids)
+    other = seeded["projects"][f"{prefix}ingestion-agent"].runs
+    assert expected_runs(seeded, [f"{prefix}ingestion-agent"]) and not {r["id"] for r in other} & set(ids)
+
+    # The tree and content fields are what the server returns for each run, and what was seeded.
+    for run in runs:
+        stored = client.read_run(run["id"]).model_dump(mode="json")
+        assert {f: run[f] for f in TREE_FIELDS} == {f: stored[f] for f in TREE_FIELDS}
+        sent = expected[run["id"]]
+        assert (run["inputs"], run["error"], run["tags"]) == (sent["inputs"], sent.get("error"), sent["tags"])
+        assert (sent.get("extra") or {}).get("metadata", {}).items() <= run["extra"]["metadata"].items()
+        assert run["parent_run_id"] == sent.get("parent_run_id")
+    by_id = {run["id"]: run for run in runs}
+    nested = [r for r in runs if r["parent_run_id"] and by_id.get(r["parent_run_id"], {}).get("parent_run_id")]
+    assert nested, "the seeded traces nest runs at least three deep"
+    assert {r["run_type"] for r in runs} >= {"chain", "llm", "retriever", "tool", "embedding", "prompt", "parser"}
+    assert any(r["status"] == "error" for r in runs) and any(r["events"] for r in runs)
+
+    # Each run carries its feedback: the seeded records, as the API lists them.
+    seeded_feedback = {item["feedback_id"]: item for name in selected for item in seeded["projects"][name].feedback
+                       if item["run_id"] in expected}
+    written = [f for run in runs for f in run["feedback"]]
+    assert {f["id"] for f in written} == set(seeded_feedback) and len(written) == result.counts["feedback"] > 0
+    for run in runs:
+        for feedback in run["feedback"]:
+            sent = seeded_feedback[feedback["id"]]
+            assert (feedback["run_id"], feedback["key"], feedback["score"]) == (run["id"], sent["key"], sent["score"])
+        if run["feedback"]:
+            listed = [f.model_dump(mode="json") for f in client.list_feedback(run_ids=[run["id"]])]
+            assert sorted(run["feedback"], key=lambda f: f["id"]) == sorted(listed, key=lambda f: f["id"])
+
+    # Runs are grouped by project (in projects.json's order), oldest first within each.
+    sessions = [run["session_id"] for run in runs]
+    assert sorted(set(sessions), key=sessions.index) == [p["id"] for p in projects]
+    for project in projects:
+        starts = [run["start_time"] for run in runs if run["session_id"] == project["id"]]
+        assert starts == sorted(starts)
+
+    assert result.counts["projects"] == 2
+    assert result.counts["traces"] == sum(run.get("parent_run_id") is None for run in expected.values())
+    assert result.details["interval"] == {"start": seeded["start"].isoformat(), "end": seeded["end"].isoformat(),
+                                          "source": "data_interval"}
+    assert sum(result.details["runs_per_project"].values()) == len(expected)
+
+
+def test_every_project_is_backed_up_when_none_is_configured(make_config, context, repo, seeded, ls_hook):
+    settings = settings_for(make_config)  # projects: [] -> the whole workspace
+    result = LangSmithComponent(settings).backup(interval_context(context, seeded), None)
+    projects, runs = read_back(repo, result)
+    names = [p["name"] for p in projects]
+    assert set(seeded["projects"]) <= set(names) and names == sorted(set(names))
+    # Nobody else traces in this far-future interval: the runs are exactly our three projects' ones.
+    assert {run["id"] for run in runs} == set(expected_runs(seeded, seeded["projects"]))
+    assert result.counts["projects"] == len(projects)
+
+
+class Proxy:
+    """A local HTTP server in front of the LangSmith API: it records every request, answers those
+    ``reject(method, path, seen)`` picks with its status (429, 503...), and forwards the others."""
+
+    def __init__(self, upstream: str, reject=lambda method, path, seen: None, retry_after: str | None = None):
+        self.upstream, self.reject, self.retry_after = upstream, reject, retry_after
+        self.log: list[tuple[str, str, int, bytes]] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="langsmith-test-proxy", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def __enter__(self) -> Proxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+        self.server.server_close()
+
+    def count(self, method: str, path: str, status: int | None = None) -> int:
+        return sum(1 for m, p, s, _ in self.log if m == method and p.split("?")[0] == path
+                   and (status is None or s == status))
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.relay("GET")
+
+            def do_POST(self) -> None:
+                self.relay("POST")
+
+            def relay(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                with proxy.lock:
+                    seen = sum(1 for m, p, _, _ in proxy.log if m == method and p.split("?")[0] == path)
+                    status = proxy.reject(method, path, seen)
+                    index = len(proxy.log)
+                    proxy.log.append((method, self.path, status or 0, body))
+                if status:
+                    payload = json.dumps({"detail": "Too Many Requests" if status == 429 else "unavailable"})
+                    self.answer(status, payload.encode(), "application/json",
+                                {"Retry-After": proxy.retry_after} if proxy.retry_after else {})
+                    return
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in {"host", "content-length", "connection", "accept-encoding"}}
+                upstream = requests.request(method, proxy.upstream + self.path, headers=headers, data=body,
+                                            timeout=30)
+                with proxy.lock:
+                    proxy.log[index] = (method, self.path, upstream.status_code, body)
+                self.answer(upstream.status_code, upstream.content,
+                            upstream.headers.get("Content-Type", "application/json"), {})
+
+            def answer(self, status: int, data: bytes, content_type: str, extra: dict) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def connection_to(monkeypatch, conn_id: str, port: int, api_key: str | None) -> None:
+    conn = {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": api_key}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def test_runs_are_paged_through_the_cursor(make_config, context, repo, seeded, ls_hook, monkeypatch):
+    project = f"{seeded['prefix']}rag-chatbot"
+    expected = expected_runs(seeded, [project])
+    assert len(expected) > 100  # more than one page of POST /runs/query
+    with Proxy(ls_hook.api_url) as proxy:
+        connection_to(monkeypatch, "langsmith_paging", proxy.port, ls_hook.api_key)
+        settings = settings_for(make_config, "langsmith_paging", projects=[project])
+        result = LangSmithComponent(settings).backup(interval_context(context, seeded), None)
+    _, runs = read_back(repo, result)
+    oldest_first = sorted(expected, key=lambda i: (dt.datetime.fromisoformat(expected[i]["start_time"]), i))
+    assert [run["id"] for run in runs] == oldest_first
+    queries = [json.loads(body) for method, path, _, body in proxy.log if path == "/runs/query"]
+    assert len(queries) >= 2 and "cursor" not in queries[0] and all("cursor" in q for q in queries[1:])
+    # feedback is fetched for a batch of runs per request, not run by run
+    assert proxy.count("GET", "/feedback") <= len(expected) // 100 + 2
+
+
+@pytest.mark.parametrize("run_info", [
+    {},
+    {"data_interval_start": None, "data_interval_end": None},
+    {"data_interval_start": "END", "data_interval_end": "END"},  # an empty interval
+])
+def test_without_a_data_interval_the_24_hours_before_the_logical_date_are_backed_up(
+        make_config, context, repo, seeded, caplog, run_info):
+    project = f"{seeded['prefix']}rag-chatbot"
+    ctx = context("langsmith")
+    end = seeded["end"].isoformat()
+    ctx.run.update({k: (end if v == "END" else v) for k, v in run_info.items()}, logical_date=end)
+    with caplog.at_level("WARNING", logger="ragvault"):
+        result = LangSmithComponent(settings_for(make_config, projects=[project])).backup(ctx, None)
+    _, runs = read_back(repo, result)
+    assert {run["id"] for run in runs} == set(expected_runs(seeded, [project]))
+    assert result.details["interval"] == {"start": seeded["start"].isoformat(), "end": end,
+                                          "source": "24h before logical date"}
+    assert "no usable data interval" in caplog.text and "24 hours before the logical date" in caplog.text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_langsmith_fails_naming_the_endpoint_and_the_cause(make_config, context, monkeypatch):
+    port = free_port()
+    secret = "lsv2_pt_deadport0123456789abcdef"
+    connection_to(monkeypatch, "langsmith_dead", port, secret)
+    settings = settings_for(make_config, "langsmith_dead", max_retries=1, backoff_seconds=0.01)
+    component = LangSmithComponent(settings)
+    started = time.monotonic()
+    with pytest.raises(ComponentError) as failure:
+        component.backup(context("langsmith"), None)
+    message = str(failure.value)
+    assert message.startswith("langsmith: ")
+    assert f"http://127.0.0.1:{port}" in message and component.endpoint() == f"http://127.0.0.1:{port}"
+    assert "Connection refused" in message
+    assert secret[:5] not in message and "API Key" not in message  # the SDK's text shows part of the key
+    assert time.monotonic() - started < 15
+
+
+def test_rate_limited_and_unavailable_answers_are_retried(make_config, context, repo, seeded, ls_hook, monkeypatch):
+    project = f"{seeded['prefix']}nightly-evals"
+
+    def reject(method, path, seen):
+        if path == "/sessions" and seen == 0:
+            return 503
+        if path == "/runs/query" and seen < 2:
+            return 429
+        return None
+
+    with Proxy(ls_hook.api_url, reject, retry_after="1") as proxy:
+        connection_to(monkeypatch, "langsmith_limited", proxy.port, ls_hook.api_key)
+        settings = settings_for(make_config, "langsmith_limited", projects=[project], max_retries=3,
+                                backoff_seconds=0.05, max_backoff_seconds=2)
+        started = time.monotonic()
+        result = LangSmithComponent(settings).backup(interval_context(context, seeded), None)
+        elapsed = time.monotonic() - started
+    _, runs = read_back(repo, result)
+    assert {run["id"] for run in runs} == set(expected_runs(seeded, [project]))
+    assert proxy.count("GET", "/sessions", 503) == 1 and proxy.count("GET", "/sessions", 200) >= 1
+    assert proxy.count("POST", "/runs/query", 429) == 2 and proxy.count("POST", "/runs/query", 200) >= 1
+    assert elapsed >= 1.9  # Retry-After: 1 was honoured twice
+
+
+def test_a_rate_limit_that_does_not_end_fails_after_bounded_retries(make_config, context, ls_hook, monkeypatch):
+    with Proxy(ls_hook.api_url, lambda method, path, seen: 429, retry_after="3600") as proxy:
+        connection_to(monkeypatch, "langsmith_throttled", proxy.port, ls_hook.api_key)
+        settings = settings_for(make_config, "langsmith_throttled", max_retries=2, max_backoff_seconds=1)
+        started = time.monotonic()
+        with pytest.raises(ComponentError, match=rf"http://127\.0\.0\.1:{proxy.port}.*(429|Rate limit)"):
+            LangSmithComponent(settings).backup(context("langsmith"), None)
+        elapsed = time.monotonic() - started
+    assert proxy.count("GET", "/sessions", 429) == 3  # the first try and two retries
+    assert 1.5 <= elapsed < 15  # Retry-After: 3600 capped to the 1 s max backoff
+
+
+def test_hook_reads_the_api_url_key_and_workspace_from_the_connection(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_LS_URL", json.dumps(
+        {"conn_type": "http", "host": "https://langsmith.example.com/api/v1/", "password": "key-1",
+         "extra": {"workspace_id": "2b8e1a52-53c4-4f6a-9a35-9f4c5f1f7d10"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_LS_PARTS", json.dumps(
+        {"conn_type": "http", "host": "ls.internal", "port": 8443, "password": "key-2"}))
+    monkeypatch.setenv("AIRFLOW_CONN_LS_EMPTY", json.dumps({"conn_type": "http", "password": "key-3"}))
+
+    with LangSmithHook("ls_url", max_retries=4, backoff_factor=0.25, max_backoff=7.5) as hook:
+        assert hook.api_url == "https://langsmith.example.com/api/v1"
+        client = hook.get_conn()
+        assert (client.api_url, client.api_key) == ("https://langsmith.example.com/api/v1", "key-1")
+        assert str(client._workspace_id) == "2b8e1a52-53c4-4f6a-9a35-9f4c5f1f7d10"
+        assert client.tracing_queue is None  # auto batch tracing off: no background thread
+        retry = client.session.get_adapter("https://langsmith.example.com").max_retries
+        assert (retry.total, retry.backoff_factor, retry.backoff_max, retry.retry_after_max) == (4, 0.25, 7.5, 8)
+        assert {429, 500, 502, 503, 504} <= set(retry.status_forcelist) and retry.allowed_methods is None
+        assert client._timeout == (10, 60)
+    assert hook._client is None
+    assert LangSmithHook("ls_parts").api_url == "https://ls.internal:8443"
+    assert LangSmithHook("ls_empty").api_url == DEFAULT_API_URL

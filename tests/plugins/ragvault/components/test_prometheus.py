@@ -1,0 +1,430 @@
+"""Prometheus backup against the devstack's Prometheus (admin API on), and a private one started without it.
+
+Series are pushed to the Pushgateway under a job name of this test's own and scraped by Prometheus; the
+backup's TSDB tree is downloaded and read back with ``promtool``, the tool that ships with Prometheus.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from devstack import seed_prometheus
+from ragvault.components.base import ComponentError
+from ragvault.components.prometheus import PrometheusComponent, config_differences
+from ragvault.config import load_settings
+from ragvault.crypto import Cipher
+from ragvault.hooks.prometheus import PrometheusHook
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+PRIVATE_CONFIG = """\
+# A configuration that exercises what Prometheus rewrites when it loads one.
+global:
+  scrape_interval: 60s
+  evaluation_interval: 1m
+  external_labels: {stack: private-test}
+rule_files:
+  - rules.yml
+  - alerts/*.yml
+  - extra/*.yml
+  - /nonexistent/prometheus/rules/*.yml
+scrape_configs:
+  - job_name: secured
+    honor_labels: false
+    scrape_interval: 90s
+    basic_auth: {username: scraper, password: s3cr3t-scrape-password}
+    static_configs: [{targets: ["127.0.0.1:9"]}]
+  - job_name: bearer
+    bearer_token: s3cr3t-bearer-token
+    relabel_configs:
+      - source_labels: [__address__]
+        regex: "(.*):9"
+        target_label: host
+        replacement: "$1"
+    static_configs: [{targets: ["127.0.0.1:9"], labels: {tier: "1"}}]
+"""
+PRIVATE_RULES = {
+    "rules.yml": (
+        "groups:\n  - name: rag\n    rules:\n"
+        "      - record: job:up:sum\n        expr: sum by (job) (up)\n"
+    ),
+    "alerts/rag.yml": (
+        "groups:\n  - name: rag-alerts\n    rules:\n"
+        "      - alert: RagLatencyHigh\n"
+        "        expr: histogram_quantile(0.95, sum by (le) (rate(rag_request_duration_seconds_bucket[5m])))"
+        " > 5\n"
+        "        for: 10m\n        labels: {severity: page}\n"
+        "      - alert: RagCacheCold\n        expr: rag_cache_hit_ratio{cache=\"semantic\"} < 0.1\n"
+    ),
+    "alerts/llm.yml": (
+        "groups:\n  - name: llm\n    rules:\n"
+        "      - record: model:llm_tokens:rate5m\n        expr: sum by (model) (rate(llm_tokens_total[5m]))\n"
+    ),
+}
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hook():
+    return PrometheusHook()
+
+
+@pytest.fixture(scope="module")
+def data_dir(hook) -> Path:
+    return Path(os.environ.get("RAGVAULT_PROMETHEUS_DATA_DIR") or hook.flags()["storage.tsdb.path"])
+
+
+@pytest.fixture(scope="module")
+def config_dir(hook) -> Path:
+    return Path(os.environ.get("RAGVAULT_PROMETHEUS_CONFIG_DIR") or Path(hook.flags()["config.file"]).parent)
+
+
+@pytest.fixture(scope="module")
+def pushed(hook):
+    """RAG metrics pushed under a job of this module's own, once Prometheus has scraped every series."""
+    url = os.environ.get("RAGVAULT_PUSHGATEWAY_URL") or seed_prometheus.DEFAULT_PUSHGATEWAY_URL
+    job = f"ragvault_test_{uuid.uuid4().hex[:8]}"
+    summary = seed_prometheus.push(url, job=job, instance="rag-api-test")
+    try:
+        seed_prometheus.wait_until_scraped(hook.base_url, summary, timeout=60, session=hook.session)
+        summary["scraped_at_ms"] = int(time.time() * 1000)
+        yield summary
+    finally:
+        seed_prometheus.delete(url, job=job, instance="rag-api-test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def private_prometheus(tmp_path_factory):
+    """A second Prometheus, started WITHOUT --web.enable-admin-api, with config and data dirs of its own."""
+    root = tmp_path_factory.mktemp("private-prometheus")
+    config_dir, data_dir = root / "config", root / "data"
+    config_dir.mkdir()
+    (config_dir / "prometheus.yml").write_text(PRIVATE_CONFIG)
+    for name, text in PRIVATE_RULES.items():
+        (config_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (config_dir / name).write_text(text)
+    port = free_port()
+    log = (root / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config_dir / 'prometheus.yml'}", f"--storage.tsdb.path={data_dir}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("private prometheus did not start: "
+                                   + (root / "prometheus.log").read_text())
+            time.sleep(0.2)
+        yield {"url": url, "port": port, "config_dir": config_dir, "data_dir": data_dir}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+@pytest.fixture
+def backup_key(monkeypatch) -> bytes:
+    """The backup encryption key, as the ``ragvault_encryption`` connection."""
+    key = os.urandom(32)
+    monkeypatch.setenv("AIRFLOW_CONN_RAGVAULT_ENCRYPTION",
+                       json.dumps({"conn_type": "generic", "password": base64.b64encode(key).decode()}))
+    return key
+
+
+def make_component(make_config, **config) -> PrometheusComponent:
+    connections = config.pop("connections", {})
+    settings = load_settings(make_config(components={"prometheus": config},
+                                         **({"connections": connections} if connections else {})))
+    return PrometheusComponent(settings)
+
+
+def use_connection(monkeypatch, conn_id: str, port: int) -> dict:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}",
+                       json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}))
+    return {"prometheus": conn_id}
+
+
+def download_tsdb(repo, result, dest: Path) -> list[Path]:
+    """The backup's ``tsdb/`` objects, decompressed into ``dest`` with the ``.zst`` suffix stripped."""
+    written = []
+    for artifact in result.artifacts:
+        relative = artifact.key.split("/prometheus/", 1)[1]
+        if not relative.startswith("tsdb/"):
+            continue
+        path = dest / relative.removeprefix("tsdb/").removesuffix(".zst")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            for chunk in repo.iter_artifact(artifact):
+                handle.write(chunk)
+        written.append(path)
+    return written
+
+
+def promtool(*args: str) -> str:
+    done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def dumped_series(tsdb_dir: Path, selector: str) -> dict[tuple, list[float]]:
+    """``promtool tsdb dump``: every series matching ``selector`` with its sample values."""
+    (tsdb_dir / "wal").mkdir(exist_ok=True)  # promtool opens the directory as a read-only TSDB, WAL included
+    series: dict[tuple, list[float]] = {}
+    for line in promtool("tsdb", "dump", f"--match={selector}", str(tsdb_dir)).splitlines():
+        labels, value, _ = line.rsplit(" ", 2)
+        key = tuple(sorted(LABEL_RE.findall(labels)))
+        series.setdefault(key, []).append(float(value))
+    return series
+
+
+def snapshot_names(data_dir: Path) -> set[str]:
+    snapshots = data_dir / "snapshots"
+    return {p.name for p in snapshots.iterdir()} if snapshots.is_dir() else set()
+
+
+# -- tests --------------------------------------------------------------------------------------------------
+def test_backup_holds_the_pushed_series_and_the_config(make_config, context, repo, s3_client, hook, data_dir,
+                                                      config_dir, pushed, tmp_path):
+    component = make_component(make_config, data_dir=str(data_dir), config_dir=str(config_dir))
+    ctx = context("prometheus")
+    now = datetime.now(UTC)
+    ctx.run.update(data_interval_start=(now - timedelta(hours=1)).isoformat(),
+                   data_interval_end=(now + timedelta(hours=1)).isoformat())
+    persisted = {p.name for p in data_dir.iterdir() if (p / "meta.json").is_file()}
+
+    result = component.backup(ctx, None)
+    persisted |= {p.name for p in data_dir.iterdir() if (p / "meta.json").is_file()}
+
+    # Exactly the artifacts reported are in the bucket.
+    keys = {a.key.split("/prometheus/", 1)[1]: a for a in result.artifacts}
+    listed = {o["Key"] for o in repo.list_keys(f"{ctx.date}/prometheus/")}
+    assert listed == {a.key for a in result.artifacts}
+    tsdb_keys = [k for k in keys if k.startswith("tsdb/")]
+    assert tsdb_keys and all(k.endswith(".zst") for k in tsdb_keys)
+    assert {k for k in keys if not k.startswith("tsdb/")} == {"prometheus.yml", "rules.yml"}
+
+    # The server-side snapshot is gone once uploaded.
+    name = result.details["snapshot"]
+    assert result.details["snapshot_removed"] is True
+    assert not (data_dir / "snapshots" / name).exists()
+
+    # The tree is a TSDB promtool reads: the blocks the backup reports, with their structure.
+    tsdb = tmp_path / "tsdb"
+    files = download_tsdb(repo, result, tsdb)
+    ulids = [b["ulid"] for b in result.details["blocks"]]
+    assert ulids and sorted(p.name for p in tsdb.iterdir()) == sorted(ulids)
+    for ulid in ulids:
+        assert {p.relative_to(tsdb / ulid).as_posix() for p in (tsdb / ulid).rglob("*") if p.is_file()} >= {
+            "meta.json", "index", "chunks/000001", "tombstones"}
+    listing = promtool("tsdb", "list", str(tsdb))
+    assert sorted(re.findall(r"^([0-9A-Z]{26})\s", listing, re.M)) == sorted(ulids)
+
+    # Counts agree with the blocks' own meta.json, and with the downloaded bytes.
+    metas = [json.loads((tsdb / ulid / "meta.json").read_text()) for ulid in ulids]
+    assert result.counts["blocks"] == len(metas)
+    assert result.counts["series"] == sum(m["stats"]["numSeries"] for m in metas) > 0
+    assert result.counts["samples"] == sum(m["stats"]["numSamples"] for m in metas) > 0
+    assert result.counts["files"] == len(result.artifacts) == len(files) + 2
+    config_bytes = (config_dir / "prometheus.yml").stat().st_size + (config_dir / "rules.yml").stat().st_size
+    assert result.counts["bytes"] == sum(p.stat().st_size for p in files) + config_bytes
+    assert result.details["version"] == hook.version()
+    assert result.source_version == hook.version()
+
+    # The head is in the snapshot as a block of its own, one the data directory does not hold: it ends
+    # with the newest samples, and holds the series pushed minutes ago (none of them persisted yet).
+    head_blocks = [m for m in metas if m["ulid"] not in persisted]
+    assert len(head_blocks) == 1
+    head = head_blocks[0]
+    assert head["maxTime"] == max(m["maxTime"] for m in metas) >= pushed["scraped_at_ms"] - 10_000
+    newest = datetime.fromtimestamp(head["maxTime"] / 1000, UTC).isoformat(timespec="milliseconds")
+    assert result.details["max_time"] == newest.replace("+00:00", "Z")
+    assert head["ulid"] in result.details["data_interval"]["blocks"]
+    head_only = tmp_path / "head-only"
+    shutil.copytree(tsdb / head["ulid"], head_only / head["ulid"])
+    overlapping = [m["ulid"] for m in metas
+                   if m["minTime"] < int((now + timedelta(hours=1)).timestamp() * 1000)
+                   and m["maxTime"] > int((now - timedelta(hours=1)).timestamp() * 1000)]
+    assert sorted(result.details["data_interval"]["blocks"]) == sorted(overlapping)
+
+    # ... and holds every series the test pushed, with the pushed values.
+    families = seed_prometheus.rag_metrics()
+    expected = {tuple(sorted(labels.items()))
+                for labels in seed_prometheus.expected_series(families, pushed["job"], pushed["instance"])}
+    assert len(expected) == pushed["series"]
+    selector = f'{{job="{pushed["job"]}",__name__=~"rag_.*|llm_.*"}}'
+    dumped = dumped_series(tsdb, selector)
+    assert set(dumped) == expected
+    assert set(dumped_series(head_only, selector)) == expected
+    tokens = {tuple(sorted({**labels, "__name__": name, "job": pushed["job"],
+                            "instance": pushed["instance"]}.items())): value
+              for family in families if family.name == "llm_tokens_total"
+              for name, labels, value in family.samples}
+    for key, value in tokens.items():
+        assert dumped[key] and set(dumped[key]) == {float(value)}
+
+    # The configuration files are the ones on disk, byte for byte, and match what the server has loaded.
+    for name in ("prometheus.yml", "rules.yml"):
+        stored = s3_client.get_object(Bucket=repo.bucket, Key=keys[name].key)["Body"].read()
+        assert stored == (config_dir / name).read_bytes()
+        assert keys[name].encryption is None and keys[name].compression is None
+    config = result.details["config"]
+    assert config["matches_loaded"] is True and config["differences"] == []
+    assert config["rule_files"] == ["rules.yml"]
+    rules = yaml.safe_load((config_dir / "rules.yml").read_text())
+    assert result.counts["rules"] == sum(len(g["rules"]) for g in rules["groups"]) > 0
+
+
+def test_loaded_config_rewrites_are_not_differences(private_prometheus, monkeypatch):
+    """Against what a real Prometheus renders: defaults, 90s -> 1m30s, <secret>, absolute rule paths."""
+    use_connection(monkeypatch, "prometheus_private", private_prometheus["port"])
+    loaded = yaml.safe_load(PrometheusHook("prometheus_private").loaded_config())
+    on_disk = yaml.safe_load(PRIVATE_CONFIG)
+    assert loaded["scrape_configs"][0]["scrape_interval"] == "1m30s"  # the rewrites are really there
+    assert loaded["scrape_configs"][0]["basic_auth"]["password"] == "<secret>"
+    server_dir = str(private_prometheus["config_dir"])
+    assert config_differences(on_disk, loaded, server_dir) == []
+    changed = yaml.safe_load(PRIVATE_CONFIG)
+    changed["global"]["scrape_interval"] = "30s"
+    changed["scrape_configs"][1]["static_configs"][0]["targets"] = ["127.0.0.1:10"]
+    assert config_differences(changed, loaded, server_dir) == [
+        "global.scrape_interval", "scrape_configs[1].static_configs[0].targets[0]"]
+
+
+def test_rule_globs_secrets_and_a_config_newer_than_the_loaded_one(make_config, context, repo, s3_client,
+                                                                  data_dir, private_prometheus, backup_key,
+                                                                  caplog):
+    key = backup_key
+    config_dir = private_prometheus["config_dir"]  # not what the devstack server has loaded
+    component = make_component(make_config, data_dir=str(data_dir), config_dir=str(config_dir))
+    with caplog.at_level(logging.WARNING):
+        result = component.backup(context("prometheus"), None)
+
+    keys = {a.key.split("/prometheus/", 1)[1]: a for a in result.artifacts}
+    assert {k for k in keys if not k.startswith("tsdb/")} == {
+        "prometheus.yml", "rules.yml", "rules/alerts/llm.yml", "rules/alerts/rag.yml"}
+    for name, text in PRIVATE_RULES.items():
+        stored = keys["rules.yml" if name == "rules.yml" else f"rules/{name}"]
+        assert b"".join(repo.iter_artifact(stored)) == text.encode()
+    assert result.counts["rule_files"] == 3
+    assert result.counts["rules"] == 4
+
+    # The credentials never reach the bucket in plaintext; decrypted, the file is byte for byte the same.
+    config_artifact = keys["prometheus.yml"]
+    assert config_artifact.encryption and config_artifact.key_fingerprint == Cipher(key).key_fingerprint
+    stored = s3_client.get_object(Bucket=repo.bucket, Key=config_artifact.key)["Body"].read()
+    assert b"s3cr3t" not in stored
+    assert b"".join(repo.iter_artifact(config_artifact, cipher=Cipher(key))) == PRIVATE_CONFIG.encode()
+    details = result.details["config"]
+    assert details["encrypted"] is True
+    assert details["secret_fields"] == ["scrape_configs[0].basic_auth.password",
+                                        "scrape_configs[1].bearer_token"]
+    assert "s3cr3t" not in json.dumps(result.to_dict())
+
+    # The file is not what the server runs: recorded and logged, the backup still succeeds.
+    assert details["matches_loaded"] is False
+    assert "global.scrape_interval" in details["differences"]
+    assert "rule_files" in details["differences"]
+    assert any("differs from the configuration the server has loaded" in record.getMessage()
+               for record in caplog.records)
+    assert details["rule_patterns_unmatched"] == ["extra/*.yml"]
+    assert details["rule_patterns_outside"] == ["/nonexistent/prometheus/rules/*.yml"]
+
+
+def test_credentials_without_a_usable_key_fail_before_the_snapshot(make_config, context, data_dir,
+                                                                   private_prometheus, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_BAD_KEY", json.dumps({"conn_type": "generic", "password": "short"}))
+    component = make_component(make_config, data_dir=str(data_dir),
+                               config_dir=str(private_prometheus["config_dir"]),
+                               connections={"encryption": "bad_key"})
+    before = snapshot_names(data_dir)
+    with pytest.raises(ComponentError, match=r"prometheus\[prometheus.yml\]: prometheus.yml holds "
+                                             r"credentials .*not a 32-byte key.*'bad_key'"):
+        component.backup(context("prometheus"), None)
+    assert snapshot_names(data_dir) == before
+
+
+def test_prometheus_without_admin_api_fails_naming_the_flag(make_config, context, private_prometheus,
+                                                            backup_key, monkeypatch):
+    connections = use_connection(monkeypatch, "prometheus_private", private_prometheus["port"])
+    component = make_component(make_config, data_dir=str(private_prometheus["data_dir"]),
+                               config_dir=str(private_prometheus["config_dir"]), connections=connections)
+    assert component.endpoint() == private_prometheus["url"]
+    with pytest.raises(ComponentError, match=r"prometheus\[tsdb\]: POST http://127.0.0.1:\d+/api/v1/admin/tsdb/"
+                                             r"snapshot: .*admin APIs disabled.*--web.enable-admin-api"):
+        component.backup(context("prometheus"), None)
+    assert snapshot_names(private_prometheus["data_dir"]) == set()
+
+
+def test_wrong_data_dir_fails_naming_the_path(make_config, context, data_dir, config_dir, tmp_path):
+    # Not set at all.
+    with pytest.raises(ComponentError, match=r"components.prometheus.data_dir is not set"):
+        make_component(make_config, config_dir=str(config_dir)).backup(context("prometheus"), None)
+
+    # A directory that is no Prometheus data dir: refused before a snapshot is made on the server.
+    before = snapshot_names(data_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    component = make_component(make_config, data_dir=str(empty), config_dir=str(config_dir))
+    with pytest.raises(ComponentError, match=rf"prometheus\[tsdb\]: {re.escape(str(empty))} is not a "
+                                             r"Prometheus data directory .*--storage.tsdb.path"):
+        component.backup(context("prometheus"), None)
+    assert snapshot_names(data_dir) == before
+
+    # A data dir, but not this server's: the snapshot the server just made is not there.
+    other = tmp_path / "other-prometheus"
+    (other / "wal").mkdir(parents=True)
+    component = make_component(make_config, data_dir=str(other), config_dir=str(config_dir))
+    try:
+        with pytest.raises(ComponentError, match=rf"{re.escape(str(other))}/snapshots/\S+ does not exist on "
+                                                 r"this worker: components.prometheus.data_dir") as failure:
+            component.backup(context("prometheus"), None)
+        assert "left on the server" in str(failure.value)
+        left = re.search(r"/snapshots/(\S+) does not exist", str(failure.value)).group(1)
+        assert (data_dir / "snapshots" / left).is_dir()
+    finally:
+        for name in snapshot_names(data_dir) - before:  # the snapshot the failed run left behind
+            shutil.rmtree(data_dir / "snapshots" / name)
+
+
+def test_unreachable_server_names_the_endpoint(make_config, context, data_dir, config_dir, monkeypatch):
+    port = free_port()
+    connections = use_connection(monkeypatch, "prometheus_nowhere", port)
+    component = make_component(make_config, data_dir=str(data_dir), config_dir=str(config_dir),
+                               connections=connections)
+    with pytest.raises(ComponentError, match=rf"prometheus: cannot reach Prometheus at http://127.0.0.1:{port}"):
+        component.backup(context("prometheus"), None)

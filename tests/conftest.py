@@ -61,6 +61,13 @@ def make_config(tmp_path, bucket):
 
 
 @pytest.fixture(scope="session")
+def config_factory(tmp_path_factory, bucket):
+    """``config_factory(**overrides) -> Path``, for fixtures wider than one test."""
+    return lambda **overrides: write_config(tmp_path_factory.mktemp("config") / "ragvault.yaml",
+                                            overrides.pop("bucket", bucket), **overrides)
+
+
+@pytest.fixture(scope="session")
 def settings(tmp_path_factory, bucket):
     from ragvault.config import load_settings
 
@@ -77,8 +84,19 @@ def repo(s3_client, bucket):
 _dates = itertools.count(random.randrange(0, 20000))
 
 
+def new_date() -> str:
+    """A date no other test of this session uses (after the DAG's start_date: Airflow creates no task
+    instances for runs dated before it)."""
+    return (datetime.date(2030, 1, 1) + datetime.timedelta(days=next(_dates))).isoformat()
+
+
 @pytest.fixture
 def backup_date():
     """A date no other test of this session uses, so each test writes its own backup folder."""
-    # after the DAG's start_date: Airflow creates no task instances for runs dated before it
-    return (datetime.date(2030, 1, 1) + datetime.timedelta(days=next(_dates))).isoformat()
+    return new_date()
+
+
+@pytest.fixture(scope="session")
+def fresh_date():
+    """``fresh_date() -> str``: a new unused date, for fixtures wider than one test."""
+    return new_date

@@ -82,3 +82,31 @@ def test_wrong_password_names_the_server(settings, context, monkeypatch):
     bad = dataclasses.replace(settings, data={**settings.data, "connections": {"redis": "redis_bad"}})
     with pytest.raises(Exception, match="(?i)(auth|password)"):
         RedisComponent(bad).backup(context("redis"), None)
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+def test_restore_onto_a_blank_server_over_the_network(settings, backed_up, restore_context, target_settings,
+                                                      redis_hook, seeded_redis, monkeypatch):
+    source = redis_state(redis_hook.get_conn)
+    manifest = backed_up(RedisComponent(settings))
+    with spare_redis(password="target-secret") as (port, client_for_db):
+        monkeypatch.setenv("AIRFLOW_CONN_REDIS_TARGET", json.dumps({
+            "conn_type": "redis", "host": "127.0.0.1", "port": port, "password": "target-secret"}))
+        restorer = RedisComponent(target_settings("redis", "redis_target"))
+        ctx = restore_context(manifest, "redis", restorer.settings)
+        assert restorer.restore_items(ctx.section) == ["all"]
+        assert not restorer.inspect_target(ctx, "all")["holds_data"]
+        counts = restorer.restore(ctx, "all")
+        assert counts["keys"] == sum(len(keys) for keys in source.values())
+        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=5000) == []
+        assert restorer.verify_restore(ctx, "all") == []
+
+        # Over data: the plan says it, the restore flushes first, and the verification notices a change.
+        client_for_db(9).set("stray", "x")
+        assert restorer.inspect_target(ctx, "all")["holds_data"]
+        restorer.restore(ctx, "all")
+        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=5000) == []
+        client_for_db(0).delete(next(iter(source[0])))
+        assert any(p.startswith("db0:") for p in restorer.verify_restore(ctx, "all"))

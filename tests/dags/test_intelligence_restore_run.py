@@ -1,0 +1,192 @@
+"""Whole runs of intelligence_restore with `airflow dags test`: the round trip backup -> clean servers ->
+restore -> equal state, and every way a restore must refuse to write."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from devstack import seed
+from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state
+
+pytestmark = pytest.mark.timeout(1200)
+
+BACKUP, RESTORE = "intelligence_backup", "intelligence_restore"
+COMPONENTS = ["qdrant", "mongodb", "redis"]
+
+
+class Stack:
+    """The three data stores of the local stack, through the package's own hooks."""
+
+    def __init__(self):
+        from airflow.providers.mongo.hooks.mongo import MongoHook
+
+        from ragvault.hooks.qdrant import QdrantHook
+        from ragvault.hooks.redis import RedisHook
+
+        self.qdrant = QdrantHook()
+        self.redis = RedisHook()
+        self.mongo_hook = MongoHook()
+        self.mongo = self.mongo_hook.get_conn()
+
+    def wipe(self):
+        """The seed's 'bring up clean instances'."""
+        seed.wipe_qdrant(self.qdrant.client)
+        seed.wipe_mongo(self.mongo)
+        seed.wipe_redis(self.redis.connection_kwargs)
+
+    def seed(self):
+        self.wipe()
+        return {"qdrant": seed.seed_qdrant(self.qdrant.client), "mongodb": seed.seed_mongo(self.mongo),
+                "redis": seed.seed_redis(self.redis.connection_kwargs)}
+
+    def state(self):
+        return {"qdrant": qdrant_state(self.qdrant), "mongodb": mongo_state(self.mongo),
+                "redis": redis_state(self.redis.get_conn)}
+
+    def assert_same(self, before, after):
+        assert after["qdrant"] == before["qdrant"]
+        assert after["mongodb"] == before["mongodb"]
+        assert same_redis_state(before["redis"], after["redis"], ttl_tolerance_ms=60_000) == []
+
+
+@pytest.fixture(scope="module")
+def restore_bucket(s3_client):
+    """A bucket of this module's own, so that `latest` is the backup made here."""
+    name = f"ragvault-restore-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=obj["Key"])
+    s3_client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return Stack()
+
+
+@pytest.fixture(scope="module")
+def backup(airflow, config_factory, fresh_date, restore_bucket, stack):
+    """The seeded stack backed up by a real run of the backup DAG: (date, config, state at backup time)."""
+    stack.seed()
+    config = config_factory(bucket=restore_bucket)
+    date = fresh_date()
+    proc = airflow.run("dags", "test", BACKUP, date, env={"RAGVAULT_CONFIG": str(config)})
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return date, config, stack.state()
+
+
+def restore(airflow, config, **conf):
+    conf.setdefault("components", COMPONENTS)
+    proc = airflow.run("dags", "test", RESTORE, "--conf", json.dumps(conf), env={"RAGVAULT_CONFIG": str(config)})
+    runs = [r for r in airflow.json_output("dags", "list-runs", RESTORE)]
+    run = max(runs, key=lambda r: r["run_after"])
+    return proc, airflow.task_states(RESTORE, run["run_id"])
+
+
+def written(states) -> list[str]:
+    """Restore tasks that ran (a restore that writes nothing has none)."""
+    return [t for t, s in states.items() if ".restore" in t and s not in ("skipped", "upstream_failed", None)]
+
+
+def test_round_trip_onto_clean_servers(airflow, backup, stack):
+    date, config, at_backup = backup
+    stack.wipe()
+    proc, states = restore(airflow, config, backup_date="latest")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert states["verify_restore"] == "success", states
+    assert states["resume_ingestion"] == "success", states
+    stack.assert_same(at_backup, stack.state())
+    assert "post-restore verification" in proc.stdout + proc.stderr
+
+
+def test_dry_run_writes_nothing(airflow, backup, stack):
+    date, config, _ = backup
+    stack.wipe()
+    proc, states = restore(airflow, config, backup_date=date, dry_run=True)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert states["plan_restore"] == "success" and states["verify_backup"] == "success"
+    assert written(states) == [], states
+    assert stack.state() == {"qdrant": {}, "mongodb": {}, "redis": {}}
+    output = proc.stdout + proc.stderr
+    assert "restore plan" in output and "dry run: nothing is written" in output
+
+
+def test_restore_over_data_needs_confirm(airflow, backup, stack):
+    date, config, at_backup = backup
+    stack.seed()
+    before = stack.state()
+    proc, states = restore(airflow, config, backup_date=date)
+    assert states["plan_restore"] == "failed", states
+    assert written(states) == [], states
+    assert states["resume_ingestion"] == "success"
+    assert f"trigger the restore again with confirm = {date}" in proc.stdout + proc.stderr
+    stack.assert_same(before, stack.state())
+
+    proc, states = restore(airflow, config, backup_date=date, confirm=date)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    stack.assert_same(at_backup, stack.state())
+
+
+def clone_backup(s3, bucket, date, new_date, damage=None):
+    """Copy a backup to another date (manifest rewritten to match), optionally damaging the copy."""
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{date}/manifest.json")["Body"].read())
+    for artifact in manifest["artifacts"]:
+        new_key = new_date + artifact["key"][len(date):]
+        s3.copy_object(Bucket=bucket, Key=new_key, CopySource={"Bucket": bucket, "Key": artifact["key"]})
+        artifact["key"] = new_key
+    for component in manifest["components"].values():
+        for item in component["items"].values():
+            item["artifacts"] = [new_date + k[len(date):] for k in item["artifacts"]]
+    manifest["backup_date"] = new_date
+    if damage != "no manifest":
+        s3.put_object(Bucket=bucket, Key=f"{new_date}/manifest.json", Body=json.dumps(manifest).encode())
+    victim = next(a for a in manifest["artifacts"] if a["key"].endswith("/redis/dump.rdb"))
+    if damage == "flipped byte":
+        body = bytearray(s3.get_object(Bucket=bucket, Key=victim["key"])["Body"].read())
+        body[len(body) // 2] ^= 0x01
+        s3.put_object(Bucket=bucket, Key=victim["key"], Body=bytes(body))
+    elif damage == "missing object":
+        s3.delete_object(Bucket=bucket, Key=victim["key"])
+    return victim["key"]
+
+
+@pytest.mark.parametrize("case", ["flipped byte", "missing object", "no manifest", "unknown date", "malformed date"])
+def test_a_bad_backup_fails_before_any_write(airflow, backup, stack, s3_client, restore_bucket, fresh_date, case):
+    date, config, _ = backup
+    stack.wipe()  # empty targets: any write would show
+    target = fresh_date()
+    victim = None
+    if case in ("flipped byte", "missing object", "no manifest"):
+        victim = clone_backup(s3_client, restore_bucket, date, target, damage=case)
+    elif case == "malformed date":
+        target = "2031-13-45"
+    proc, states = restore(airflow, config, backup_date=target, confirm=target)
+    output = proc.stdout + proc.stderr
+    failed = "verify_backup" if case in ("flipped byte", "missing object") else "resolve_backup"
+    assert states[failed] == "failed", states
+    assert written(states) == [], states
+    assert states["resume_ingestion"] == "success", states
+    assert stack.state() == {"qdrant": {}, "mongodb": {}, "redis": {}}
+    if case == "flipped byte":
+        expected = f"{victim}: stored bytes differ from the manifest"
+    elif case == "missing object":
+        expected = f"s3://{restore_bucket}/{victim} does not exist"
+    elif case == "no manifest":
+        expected = f"backup {target} is incomplete (it has no manifest.json"
+    elif case == "unknown date":
+        expected = f"there is no backup for {target}"
+    else:
+        expected = f"backup date '{target}' is not a calendar date"
+    assert expected in output, output[-4000:]
+
+
+def test_an_invalid_form_is_refused(airflow, backup):
+    _, config, _ = backup
+    for conf in ({"backup_date": "yesterday"}, {"components": ["qdrant", "elasticsearch"]}):
+        proc = airflow.run("dags", "test", RESTORE, "--conf", json.dumps(conf), env={"RAGVAULT_CONFIG": str(config)})
+        assert proc.returncode != 0
+        assert "yesterday" in proc.stdout + proc.stderr or "elasticsearch" in proc.stdout + proc.stderr

@@ -14,37 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
 
-from devstack import seed  # noqa: E402
-
-
-def demo_config(path: Path) -> Path:
-    """The default settings plus where the local servers keep their files (what docker-compose mounts)."""
-    data = yaml.safe_load((REPO / "include" / "ragvault.yaml").read_text())
-    data["components"]["redis"]["aof_dir"] = os.environ.get("RAGVAULT_REDIS_DATA_DIR")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def seed_stack() -> dict[str, dict[str, int]]:
-    from airflow.providers.mongo.hooks.mongo import MongoHook
-
-    from ragvault.hooks.qdrant import QdrantHook
-    from ragvault.hooks.redis import RedisHook
-
-    qdrant = QdrantHook().client
-    redis_kwargs = RedisHook().connection_kwargs
-    with MongoHook() as hook:
-        mongo = hook.get_conn()
-        seed.wipe_qdrant(qdrant)
-        seed.wipe_mongo(mongo)
-        seed.wipe_redis(redis_kwargs)
-        return {"qdrant": seed.seed_qdrant(qdrant), "mongodb": seed.seed_mongo(mongo),
-                "redis": seed.seed_redis(redis_kwargs)}
+from devstack.stack import seed_everything  # noqa: E402
+from devstack.localconfig import write_local_settings  # noqa: E402
 
 
 def human(size: int) -> str:
@@ -62,9 +36,9 @@ def main() -> int:
     args = parser.parse_args()
 
     state_dir = Path(os.environ.get("RAGVAULT_DEVSTACK_DIR", REPO / ".devstack"))
-    config = demo_config(state_dir / "demo-ragvault.yaml")
+    config = write_local_settings(state_dir / "demo-ragvault.yaml")
     print("== seeding the local stack")
-    for component, counts in seed_stack().items():
+    for component, counts in seed_everything(args.date).items():
         print(f"   {component:8} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
 
     print(f"== running intelligence_backup for {args.date} (airflow dags test; log in {state_dir}/demo-backup.log)")

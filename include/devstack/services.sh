@@ -689,9 +689,20 @@ env_plain() {
     printf 'export %s="%s"\n' "$1" "$(dq_escape "$2")"
 }
 
+# The local stack's backup key: random, made once, kept beside the services' data (never in the repo).
+encryption_key() {
+    local file=$DEVSTACK_DIR/encryption.key
+    if [[ ! -s $file ]]; then
+        mkdir -p "$DEVSTACK_DIR"
+        (umask 077 && "$VENV_BIN/python" -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' >"$file")
+    fi
+    cat "$file"
+}
+
 cmd_env() {
-    local airflow_home=$DEVSTACK_DIR/airflow tmp
+    local airflow_home=$DEVSTACK_DIR/airflow tmp key
     local h=$HOST
+    key=$(encryption_key)
     tmp=$(mktemp "$ENV_FILE.XXXXXX")
     chmod 600 "$tmp"
     {
@@ -710,6 +721,8 @@ cmd_env() {
         env_default RAGVAULT_PROMETHEUS_DATA_DIR "$(svc_dir prometheus)/data"
         env_default RAGVAULT_PROMETHEUS_CONFIG_DIR "$(svc_dir prometheus)"
         env_default RAGVAULT_PUSHGATEWAY_URL "http://$h:${PORT[pushgateway]}"
+        env_default RAGVAULT_GRAFANA_DATA_DIR "$(svc_data grafana)"
+        env_default AIRFLOW_CONN_RAGVAULT_ENCRYPTION "{\"conn_type\":\"generic\",\"password\":\"$key\"}"
         env_default AIRFLOW_CONN_MINIO_S3 \
             "{\"conn_type\":\"aws\",\"login\":\"$MINIO_USER\",\"password\":\"$MINIO_PASSWORD\",\"extra\":{\"endpoint_url\":\"http://$h:${PORT[minio]}\",\"region_name\":\"us-east-1\"}}"
         env_default AIRFLOW_CONN_MONGO_DEFAULT \

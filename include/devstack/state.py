@@ -155,3 +155,44 @@ def spare_ferretdb():
             proc.kill()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def qdrant_state(hook) -> dict:
+    """``{collection: {config, payload_schema, aliases, points: {id: point}}}`` of a Qdrant (a QdrantHook)."""
+    import json
+
+    state = {}
+    for collection in hook.client.get_collections().collections:
+        name = collection.name
+        info = hook.request("GET", f"/collections/{name}")
+        points, offset = {}, None
+        while True:
+            body = {"limit": 256, "with_payload": True, "with_vector": True, **({"offset": offset} if offset else {})}
+            page = hook.request("POST", f"/collections/{name}/points/scroll", json=body)
+            points.update({json.dumps(p["id"]): p for p in page["points"]})
+            offset = page.get("next_page_offset")
+            if offset is None:
+                break
+        state[name] = {
+            "config": info["config"],
+            "payload_schema": {k: v.get("data_type") for k, v in (info.get("payload_schema") or {}).items()},
+            "aliases": sorted(a.alias_name for a in hook.client.get_collection_aliases(name).aliases),
+            "points": points,
+        }
+    return state
+
+
+def mongo_state(client, skip=("admin", "local", "config")) -> dict:
+    """``{db: {collection: {"documents": [...sorted by _id], "indexes": [(name, keys, unique)]}}}``."""
+    state = {}
+    for db in sorted(set(client.list_database_names()) - set(skip)):
+        collections = {}
+        for name in sorted(client[db].list_collection_names()):
+            collections[name] = {
+                "documents": list(client[db][name].find({}, sort=[("_id", 1)])),
+                "indexes": sorted((i["name"], tuple(i["key"].items()), bool(i.get("unique")))
+                                  for i in client[db][name].list_indexes()),
+            }
+        if collections:
+            state[db] = collections
+    return state

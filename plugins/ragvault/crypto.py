@@ -154,16 +154,38 @@ class _Decryptor:
         return plain
 
 
+MAKE_KEY = "python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'"
+
+
+def key_howto(conn_id: str) -> str:
+    """How to give ragvault its backup key (never shows a key)."""
+    example = '{"conn_type": "generic", "password": "<base64 of 32 random bytes>"}'
+    return (f"define the Airflow connection {conn_id!r} with the 32-byte key (base64 or hex) as its password, "
+            f"e.g. AIRFLOW_CONN_{conn_id.upper()}='{example}' (or in the UI / a secrets backend); make a key "
+            f"with: {MAKE_KEY} and keep a copy outside the backups: without it encrypted artifacts cannot be "
+            "restored")
+
+
+class MissingKeyError(EncryptionError):
+    """The backup key's connection is not defined."""
+
+
 def load_cipher(settings) -> Cipher:
-    """The backup key from the Airflow connection ``connections.encryption`` (its password)."""
+    """The backup key from the Airflow connection ``connections.encryption`` (its password).
+
+    Raises :class:`MissingKeyError` when the connection is not defined, :class:`EncryptionError` when its
+    password is not a key; both messages say how to set it.
+    """
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     conn_id = settings.conn_id("encryption")
-    how = (f"set the Airflow connection {conn_id!r} with the 32-byte key as its password, e.g. "
-           f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"generic\", \"password\": \"<key>\"}}' with a key "
-           "made by: python3 -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'")
     try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:
-        raise EncryptionError(f"no encryption key: connection {conn_id!r} is not defined; {how}") from None
-    return Cipher(parse_key(conn.password, source=f"the password of connection {conn_id!r}"))
+        connection = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise MissingKeyError(f"the encryption key is missing: {key_howto(conn_id)}") from None
+    try:
+        key = parse_key(connection.password, f"the password of connection {conn_id!r}")
+    except EncryptionError as exc:
+        raise EncryptionError(f"the encryption key is malformed: {exc}. To set it: {key_howto(conn_id)}") from None
+    return Cipher(key)

@@ -270,7 +270,8 @@ class ArtifactWriter:
                 size=self._sink.size,
                 sha256=self._sink.sha256.hexdigest(),
                 raw_size=None if self._precompressed else self._raw_size,
-                raw_sha256=None if self._precompressed else self._raw_sha256.hexdigest(),
+                # the hash of a secret's plaintext would let anyone holding the manifest test guesses of it
+                raw_sha256=None if self._precompressed or self._cipher else self._raw_sha256.hexdigest(),
                 compression=self._compression,
                 encryption=self._cipher.scheme if self._cipher else None,
                 key_fingerprint=self._cipher.key_fingerprint if self._cipher else None,

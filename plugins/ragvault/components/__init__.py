@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from ragvault.components.base import BackupContext, Component, ComponentError
+from ragvault.components.gpt import GptComponent
+from ragvault.components.grafana import GrafanaComponent
+from ragvault.components.infra import InfraComponent
+from ragvault.components.langchain import LangChainComponent
+from ragvault.components.langsmith import LangSmithComponent
 from ragvault.components.mongodb import MongoComponent
+from ragvault.components.prometheus import PrometheusComponent
 from ragvault.components.qdrant import QdrantComponent
 from ragvault.components.redis import RedisComponent
 
 #: every component, in the seed's order: the DAGs build one task group per entry
-REGISTRY: dict[str, type[Component]] = {c.name: c for c in (QdrantComponent, MongoComponent, RedisComponent)}
+REGISTRY: dict[str, type[Component]] = {
+    c.name: c
+    for c in (
+        QdrantComponent,
+        MongoComponent,
+        RedisComponent,
+        LangChainComponent,
+        LangSmithComponent,
+        GptComponent,
+        InfraComponent,
+        PrometheusComponent,
+        GrafanaComponent,
+    )
+}
 
 _SEED_RESTORE_ORDER = ("qdrant", "mongodb", "redis", "langchain", "langsmith", "gpt", "prometheus", "grafana", "infra")
 

@@ -132,6 +132,7 @@ def test_encrypted_artifact_round_trip_and_tamper_detection(s3_client, bucket, b
     assert artifact.encryption == "ragvault-aes256gcm-stream/v1"
     assert artifact.key_fingerprint == cipher.key_fingerprint
     assert hashlib.sha256(stored).hexdigest() == artifact.sha256
+    assert artifact.raw_sha256 is None  # no hash of the plaintext: it would let guesses of a secret be tested
     assert b"".join(repo.iter_artifact(artifact, cipher=cipher)) == secret
 
     with pytest.raises(RepositoryError, match="a key is needed"):

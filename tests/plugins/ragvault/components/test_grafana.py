@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from devstack.grafana_emulator import make_server
 from devstack.seed_grafana import seed_grafana
-
 from ragvault.components.base import ComponentError
 from ragvault.components.grafana import GrafanaComponent
 from ragvault.config import load_settings
@@ -78,8 +78,16 @@ def emulator(data_dir: Path) -> Iterator[Grafana]:
 def extra_library_panels(grafana: Grafana) -> None:
     """Two more library panels, so that a page size of 2 needs several pages."""
     for name in ("Cache hit ratio", "Embedding queue depth"):
-        grafana.post("/api/library-elements", {"uid": f"lp-{uuid.uuid4().hex[:8]}", "name": name, "kind": 1,
-                                               "folderUid": "rv-infra", "model": {"type": "stat", "title": name}})
+        grafana.post(
+            "/api/library-elements",
+            {
+                "uid": f"lp-{uuid.uuid4().hex[:8]}",
+                "name": name,
+                "kind": 1,
+                "folderUid": "rv-infra",
+                "model": {"type": "stat", "title": name},
+            },
+        )
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +115,19 @@ def connect(monkeypatch):
 
 @pytest.fixture
 def make_settings(make_config, monkeypatch):
-    """``make_settings(conn_id, **component_config)``: settings with the grafana connection and a backup key."""
+    """``make_settings(conn_id, **component_config)``: settings on that connection, with a backup key."""
     key_conn = f"ragvault_key_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv(f"AIRFLOW_CONN_{key_conn.upper()}", json.dumps({"conn_type": "generic",
-                                                                       "password": KEY.hex()}))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{key_conn.upper()}", json.dumps({"conn_type": "generic", "password": KEY.hex()})
+    )
 
     def make(conn_id: str, encryption: str = key_conn, **component):
         config = {"page_size": 2, "retries": 0, **component}
-        return load_settings(make_config(connections={"grafana": conn_id, "encryption": encryption},
-                                         components={"grafana": config}))
+        return load_settings(
+            make_config(
+                connections={"grafana": conn_id, "encryption": encryption}, components={"grafana": config}
+            )
+        )
 
     return make
 
@@ -142,17 +154,20 @@ def expected_path(grafana: Grafana, dashboard_uid: str) -> str:
     return "/".join(["dashboards", *chain, f"{dashboard_uid}.json"])
 
 
-def open_db_copy(repo, artifact: Artifact, tmp_path: Path, cipher: Cipher | None = None) -> sqlite3.Connection:
+def open_db_copy(
+    repo, artifact: Artifact, tmp_path: Path, cipher: Cipher | None = None
+) -> sqlite3.Connection:
     copy = tmp_path / f"restored-{uuid.uuid4().hex[:6]}.db"
     copy.write_bytes(read(repo, artifact, cipher))
     return sqlite3.connect(copy)
 
 
-# -- the API export -------------------------------------------------------------------------------------------
+# -- the API export ------------------------------------------------------------------------------------------
 
 
-def test_dashboards_folders_datasources_and_library_panels(grafana, connect, make_settings, context, repo,
-                                                           caplog):
+def test_dashboards_folders_datasources_and_library_panels(
+    grafana, connect, make_settings, context, repo, caplog
+):
     caplog.set_level(logging.INFO, logger="ragvault")
     settings = make_settings(connect(grafana.port, password=TOKEN))
     result = GrafanaComponent(settings).backup(context("grafana"), None)
@@ -163,9 +178,12 @@ def test_dashboards_folders_datasources_and_library_panels(grafana, connect, mak
     assert len(uids) == 6 == result.counts["dashboards"]
     dashboard_files = {path for path in files if path.startswith("dashboards/")}
     assert dashboard_files == {expected_path(grafana, uid) for uid in uids}
-    assert {"dashboards/rv-d-home.json", "dashboards/rv-platform/rv-d-platform-slo.json",
-            "dashboards/rv-platform/rv-retrieval/rv-quality/rv-d-answer-quality.json",
-            "dashboards/rv-infra/rv-storage/rv-d-storage.json"} <= dashboard_files
+    assert {
+        "dashboards/rv-d-home.json",
+        "dashboards/rv-platform/rv-d-platform-slo.json",
+        "dashboards/rv-platform/rv-retrieval/rv-quality/rv-d-answer-quality.json",
+        "dashboards/rv-infra/rv-storage/rv-d-storage.json",
+    } <= dashboard_files
     for uid in uids:
         stored = read_json(repo, files[expected_path(grafana, uid)])
         assert stored == grafana.get(f"/api/dashboards/uid/{uid}")
@@ -178,15 +196,20 @@ def test_dashboards_folders_datasources_and_library_panels(grafana, connect, mak
     assert len(folders) == 5 == result.counts["folders"]
     for folder in folders:
         api = grafana.get(f"/api/folders/{folder['uid']}")
-        assert (folder["uid"], folder["title"], folder["parentUid"]) == (api["uid"], api["title"],
-                                                                         api.get("parentUid"))
+        assert (folder["uid"], folder["title"], folder["parentUid"]) == (
+            api["uid"],
+            api["title"],
+            api.get("parentUid"),
+        )
     order = [folder["uid"] for folder in folders]
     for folder in folders:
         if folder["parentUid"]:
             assert order.index(folder["parentUid"]) < order.index(folder["uid"])
-    assert {(f["uid"], f["parentUid"]) for f in folders} >= {("rv-quality", "rv-retrieval"),
-                                                              ("rv-retrieval", "rv-platform"),
-                                                              ("rv-platform", None)}
+    assert {(f["uid"], f["parentUid"]) for f in folders} >= {
+        ("rv-quality", "rv-retrieval"),
+        ("rv-retrieval", "rv-platform"),
+        ("rv-platform", None),
+    }
 
     # Data sources as the API shows them: which secure fields are set, never their values.
     raw = read(repo, files["datasources.json"])
@@ -197,8 +220,12 @@ def test_dashboards_folders_datasources_and_library_panels(grafana, connect, mak
     prometheus = next(s for s in sources if s["uid"] == "rv-prometheus")
     assert prometheus["secureJsonFields"] == {"basicAuthPassword": True, "httpHeaderValue1": True}
     assert b"seeded-prometheus-password" not in raw and b"seeded-loki-token" not in raw
-    assert any("secure fields" in r.getMessage() and "not exportable through the API" in r.getMessage()
-               and "grafana.db carries them" in r.getMessage() for r in caplog.records)
+    assert any(
+        "secure fields" in r.getMessage()
+        and "not exportable through the API" in r.getMessage()
+        and "grafana.db carries them, and it is not in this backup" in r.getMessage()
+        for r in caplog.records
+    )
 
     # Library panels, read across several pages (page_size 2), equal to the API's listing.
     panels = read_json(repo, files["library_panels.json"])
@@ -241,13 +268,18 @@ def test_alerting_files_equal_the_provisioning_api(grafana, connect, make_settin
     assert templates[0]["name"] == "rag.title"
 
 
-# -- grafana.ini and grafana.db -------------------------------------------------------------------------------
+# -- grafana.ini and grafana.db ------------------------------------------------------------------------------
 
 
-def test_grafana_ini_and_db_are_copied_checked_and_encrypted(grafana, connect, make_settings, context, repo,
-                                                            s3_client, tmp_path):
-    settings = make_settings(connect(grafana.port, password=TOKEN), config_path=str(grafana.data_dir),
-                             db_path=str(grafana.data_dir))
+def test_grafana_ini_and_db_are_copied_checked_and_encrypted(
+    grafana, connect, make_settings, context, repo, s3_client, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    settings = make_settings(
+        connect(grafana.port, password=TOKEN),
+        config_path=str(grafana.data_dir),
+        db_path=str(grafana.data_dir),
+    )
     result = GrafanaComponent(settings).backup(context("grafana"), None)
     files = by_path(result)
     cipher = Cipher(KEY)
@@ -266,7 +298,9 @@ def test_grafana_ini_and_db_are_copied_checked_and_encrypted(grafana, connect, m
     try:
         assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored_uids = {row[0] for row in copy.execute("SELECT uid FROM dashboard WHERE is_folder = 0")}
-        secrets = copy.execute("SELECT secure_json_data FROM data_source WHERE uid = 'rv-prometheus'").fetchone()[0]
+        secrets = copy.execute(
+            "SELECT secure_json_data FROM data_source WHERE uid = 'rv-prometheus'"
+        ).fetchone()[0]
         folders = {row[0] for row in copy.execute("SELECT uid FROM folder")}
     finally:
         copy.close()
@@ -276,10 +310,12 @@ def test_grafana_ini_and_db_are_copied_checked_and_encrypted(grafana, connect, m
     assert result.details["integrity_check"] == "ok"
     assert result.details["db_dashboards"] == len(stored_uids)
     assert sorted(result.details["encrypted"]) == ["grafana.db.zst", "grafana.ini"]
+    assert any("grafana.db (in this backup) carries them" in r.getMessage() for r in caplog.records)
 
 
-def test_db_copy_is_consistent_while_dashboards_are_being_saved(tmp_path, connect, make_settings, context, repo,
-                                                                caplog):
+def test_db_copy_is_consistent_while_dashboards_are_being_saved(
+    tmp_path, connect, make_settings, context, repo, caplog
+):
     caplog.set_level(logging.INFO, logger="ragvault")
     with emulator(tmp_path / "busy") as busy:
         seed_grafana(busy.url, TOKEN)
@@ -290,9 +326,15 @@ def test_db_copy_is_consistent_while_dashboards_are_being_saved(tmp_path, connec
             for index in range(5000):
                 if stop.is_set():
                     return
-                body = {"dashboard": {"uid": f"busy-{index}", "title": f"Written during backup {index}",
-                                      "tags": ["busy"], "panels": [{"id": 1, "type": "text", "title": "x" * 200}]},
-                        "folderUid": "rv-quality"}
+                body = {
+                    "dashboard": {
+                        "uid": f"busy-{index}",
+                        "title": f"Written during backup {index}",
+                        "tags": ["busy"],
+                        "panels": [{"id": 1, "type": "text", "title": "x" * 200}],
+                    },
+                    "folderUid": "rv-quality",
+                }
                 response = busy.session.post(busy.url + "/api/dashboards/db", json=body, timeout=60)
                 if response.status_code != 200:
                     failures.append(response.text)
@@ -305,8 +347,9 @@ def test_db_copy_is_consistent_while_dashboards_are_being_saved(tmp_path, connec
             assert writing.wait(timeout=10)
             before = busy.dashboard_uids()
             writes_at_start = writes[0]
-            settings = make_settings(connect(busy.port, password=TOKEN), db_path=str(busy.data_dir / "grafana.db"),
-                                     encrypt=False)
+            settings = make_settings(
+                connect(busy.port, password=TOKEN), db_path=str(busy.data_dir / "grafana.db"), encrypt=False
+            )
             result = GrafanaComponent(settings).backup(context("grafana"), None)
             writes_at_end = writes[0]
         finally:
@@ -315,19 +358,29 @@ def test_db_copy_is_consistent_while_dashboards_are_being_saved(tmp_path, connec
         assert not writer.is_alive() and not failures
         assert writes_at_end > writes_at_start  # the server kept saving while the backup ran
 
-        database = by_path(result)["grafana.db.zst"]
+        files = by_path(result)
+        # pages of 2 shift while dashboards are created: still, none that existed before is missed
+        exported = {
+            path.rsplit("/", 1)[1].removesuffix(".json") for path in files if path.startswith("dashboards/")
+        }
+        assert before <= exported
+
+        database = files["grafana.db.zst"]
         assert database.encryption is None
         copy = open_db_copy(repo, database, tmp_path)
         try:
             assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             stored = dict(copy.execute("SELECT uid, version FROM dashboard WHERE is_folder = 0"))
-            # One snapshot: every dashboard row has the version row and tags its save wrote in the same transaction.
+            # One snapshot: every dashboard row has the version row and the tags that its save wrote in
+            # the same transaction.
             orphans = copy.execute(
                 "SELECT COUNT(*) FROM dashboard d WHERE d.is_folder = 0 AND NOT EXISTS (SELECT 1 FROM "
-                "dashboard_version v WHERE v.dashboard_id = d.id AND v.version = d.version)").fetchone()[0]
+                "dashboard_version v WHERE v.dashboard_id = d.id AND v.version = d.version)"
+            ).fetchone()[0]
             tagless = copy.execute(
                 "SELECT COUNT(*) FROM dashboard d WHERE d.uid LIKE 'busy-%' AND NOT EXISTS (SELECT 1 FROM "
-                "dashboard_tag t WHERE t.dashboard_id = d.id AND t.term = 'busy')").fetchone()[0]
+                "dashboard_tag t WHERE t.dashboard_id = d.id AND t.term = 'busy')"
+            ).fetchone()[0]
         finally:
             copy.close()
         assert before <= set(stored)
@@ -337,13 +390,15 @@ def test_db_copy_is_consistent_while_dashboards_are_being_saved(tmp_path, connec
         assert any("stored unencrypted" in r.getMessage() for r in caplog.records)
 
 
-def test_external_database_is_not_applicable_and_basic_auth_works(grafana, connect, make_settings, context,
-                                                                  caplog):
+def test_external_database_is_not_applicable_and_basic_auth_works(
+    grafana, connect, make_settings, context, caplog
+):
     caplog.set_level(logging.INFO, logger="ragvault")
     conn_id = connect(grafana.port, login="admin", password=ADMIN_PASSWORD)
     # no key connection is needed: nothing holding secrets is written
-    settings = make_settings(conn_id, encryption="no_such_key_connection", database="postgres",
-                             db_path=str(grafana.data_dir))
+    settings = make_settings(
+        conn_id, encryption="no_such_key_connection", database="postgres", db_path=str(grafana.data_dir)
+    )
     result = GrafanaComponent(settings).backup(context("grafana"), None)
     files = by_path(result)
     assert "grafana.db.zst" not in files and "grafana.ini" not in files
@@ -359,8 +414,11 @@ def test_external_database_is_not_applicable_and_basic_auth_works(grafana, conne
 
 
 def test_missing_backup_key_fails_naming_the_connection(grafana, connect, make_settings, context):
-    settings = make_settings(connect(grafana.port, password=TOKEN), encryption="no_such_key_connection",
-                             config_path=str(grafana.data_dir))
+    settings = make_settings(
+        connect(grafana.port, password=TOKEN),
+        encryption="no_such_key_connection",
+        config_path=str(grafana.data_dir),
+    )
     with pytest.raises(ComponentError, match="no_such_key_connection") as failure:
         GrafanaComponent(settings).backup(context("grafana"), None)
     assert "encrypt: false" in str(failure.value)

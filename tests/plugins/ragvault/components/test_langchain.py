@@ -27,7 +27,8 @@ def component(make_config, **config) -> LangChainComponent:
 def stored(repo, date: str) -> dict[str, bytes]:
     """Every object under ``<date>/langchain/``, by its path below that folder."""
     prefix = f"{date}/langchain/"
-    return {obj["Key"][len(prefix):]: b"".join(repo.iter_object(obj["Key"])) for obj in repo.list_keys(prefix)}
+    return {obj["Key"][len(prefix):]: b"".join(repo.iter_object(obj["Key"]))
+            for obj in repo.list_keys(prefix)}
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -89,8 +90,9 @@ def test_nested_layout_and_patterns(make_config, context, repo, backup_date, tmp
     comp = component(make_config, config_dir=str(root), exclude=["drafts/*", "*.bak"])
     result = comp.backup(context("langchain"), None)
 
-    expected = {rel: files[rel] for rel in ("prompts.yaml", "chains.json", "agents.yaml",
-                                            "prompts/en/support/answer.yaml", "prompts/pt/support/resposta.md")}
+    kept = ("prompts.yaml", "chains.json", "agents.yaml", "prompts/en/support/answer.yaml",
+            "prompts/pt/support/resposta.md")
+    expected = {rel: files[rel] for rel in kept}
     expected["linked.yaml"] = files["agents.yaml"]
     assert stored(repo, backup_date) == expected
     assert result.counts["files"] == 6
@@ -102,7 +104,8 @@ def test_nested_layout_and_patterns(make_config, context, repo, backup_date, tmp
     assert result.details["missing_seed_files"] == ["prompts.yaml", "chains.json", "agents.yaml"]
 
 
-def test_broken_yaml_fails_naming_the_file_and_uploads_nothing(make_config, context, repo, backup_date, app_dir):
+def test_broken_yaml_fails_naming_the_file_and_uploads_nothing(make_config, context, repo, backup_date,
+                                                               app_dir):
     broken = app_dir / "prompts" / "rag" / "followup.yaml"
     broken.write_text("template: 'Follow up on {topic}'\ninput_variables: [topic\nname: followup\n")
 
@@ -111,7 +114,8 @@ def test_broken_yaml_fails_naming_the_file_and_uploads_nothing(make_config, cont
     message = str(failure.value)
     assert message.startswith("langchain: 1 of 7 files under")
     assert "nothing was uploaded" in message
-    assert "prompts/rag/followup.yaml: invalid YAML at line 3, column 5" in message
+    assert ("prompts/rag/followup.yaml: invalid YAML at line 3, column 5: while parsing a flow sequence "
+            "(line 2, column 18); expected ',' or ']', but got ':'") in message
     assert stored(repo, backup_date) == {}
 
 
@@ -123,7 +127,8 @@ def test_invalid_json_gives_line_and_column(make_config, context, repo, backup_d
     assert stored(repo, backup_date) == {}
 
 
-def test_langchain_object_with_an_inlined_api_key_is_refused(make_config, context, repo, backup_date, app_dir):
+def test_langchain_object_with_an_inlined_api_key_is_refused(make_config, context, repo, backup_date,
+                                                             app_dir):
     chains = json.loads((app_dir / "chains.json").read_text())
     model = chains["chains"]["rag_qa"]["kwargs"]["middle"][0]
     model["kwargs"]["openai_api_key"] = LIVE_KEY
@@ -136,38 +141,42 @@ def test_langchain_object_with_an_inlined_api_key_is_refused(make_config, contex
         component(make_config, config_dir=str(app_dir)).backup(context("langchain"), None)
     message = str(failure.value)
     assert "2 of 6 files" in message
-    assert ("chains.json: secret value written inline at $.chains.rag_qa.kwargs.middle[0].kwargs.openai_api_key"
-            in message)
-    assert "agents.yaml: secret value written inline at $.agents.support_agent.memory.redis_password" in message
+    assert ("chains.json: secret value written inline at "
+            "$.chains.rag_qa.kwargs.middle[0].kwargs.openai_api_key") in message
+    assert ("agents.yaml: secret value written inline at "
+            "$.agents.support_agent.memory.redis_password") in message
     assert "{lc: 1, type: secret, id: [NAME]}" in message
     assert LIVE_KEY not in message and "hunter2" not in message
     assert stored(repo, backup_date) == {}
 
 
 def test_langchain_objects_that_do_not_load_are_refused(make_config, context, repo, backup_date, app_dir):
-    bad_template = {"lc": 1, "type": "constructor", "id": ["langchain", "prompts", "prompt", "PromptTemplate"],
+    prompt_id = ["langchain", "prompts", "prompt", "PromptTemplate"]
+    bad_template = {"lc": 1, "type": "constructor", "id": prompt_id,
                     "kwargs": {"template": "Answer {question", "input_variables": ["question"]}}
     (app_dir / "prompts" / "bad_template.json").write_text(json.dumps({"prompt": bad_template}))
     unknown_class = {"lc": 1, "type": "constructor", "id": ["mycorp", "tools", "Shell"], "kwargs": {}}
     (app_dir / "prompts" / "unknown.yaml").write_text(yaml.safe_dump({"tool": unknown_class}))
-    malformed = {"lc": 2, "type": "constructor", "id": ["langchain", "prompts", "prompt", "PromptTemplate"]}
+    malformed = {"lc": 2, "type": "constructor", "id": prompt_id}
     (app_dir / "prompts" / "malformed.json").write_text(json.dumps([malformed]))
 
     with pytest.raises(ComponentError) as failure:
         component(make_config, config_dir=str(app_dir)).backup(context("langchain"), None)
     message = str(failure.value)
     assert "3 of 9 files" in message
-    assert "prompts/bad_template.json: $.prompt: does not load with langchain_core: ValidationError" in message
+    assert "prompts/bad_template.json: $.prompt: does not load with langchain_core: ValidationError" \
+        in message
     assert "expected '}' before end of string" in message
-    assert "prompts/unknown.yaml: $.tool: ValueError: Deserialization of ('mycorp', 'tools', 'Shell') is not " \
-           "allowed" in message
+    assert ("prompts/unknown.yaml: $.tool: ValueError: Deserialization of ('mycorp', 'tools', 'Shell') "
+            "is not allowed") in message
     assert "prompts/malformed.json: $[0]: a LangChain object needs lc: 1, not 2" in message
     assert stored(repo, backup_date) == {}
 
 
 def test_binary_file_is_refused(make_config, context, repo, backup_date, app_dir):
     (app_dir / "prompts" / "index.faiss").write_bytes(b"\x00FAISS\xff\xfe" * 10)
-    with pytest.raises(ComponentError, match=r"prompts/index\.faiss: not UTF-8 text \(byte 6, line 1, column 7\)"):
+    with pytest.raises(ComponentError,
+                       match=r"prompts/index\.faiss: not UTF-8 text \(byte 6, line 1, column 7\)"):
         component(make_config, config_dir=str(app_dir)).backup(context("langchain"), None)
     assert stored(repo, backup_date) == {}
 
@@ -179,7 +188,8 @@ def test_config_dir_missing_or_unset(make_config, context, tmp_path):
         component(make_config, config_dir=str(tmp_path / "nowhere")).backup(context("langchain"), None)
 
 
-def test_relative_config_dir_is_relative_to_the_settings_file(make_config, context, repo, backup_date, app_dir):
+def test_relative_config_dir_is_relative_to_the_settings_file(make_config, context, repo, backup_date,
+                                                              app_dir):
     # make_config writes <tmp_path>/ragvault.yaml, and app_dir is <tmp_path>/langchain
     result = component(make_config, config_dir="langchain").backup(context("langchain"), None)
     assert result.details["config_dir"] == str(app_dir.resolve())

@@ -1,4 +1,4 @@
-"""LangSmith backup against the LangSmith emulator (or a real workspace through AIRFLOW_CONN_LANGSMITH_DEFAULT).
+"""LangSmith backup against the LangSmith emulator (or a workspace through AIRFLOW_CONN_LANGSMITH_DEFAULT).
 
 The module seeds projects of its own (a unique name prefix) over three days of a far-future week no other
 test uses, backs up the middle day, reads what was uploaded back from MinIO and checks it against the
@@ -35,9 +35,9 @@ pytestmark = [
 ]
 
 TRACES_PER_DAY = 20  # ~130 runs a day in rag-chatbot: more than one page of list_runs
-TREE_FIELDS = ("id", "trace_id", "parent_run_id", "parent_run_ids", "child_run_ids", "dotted_order", "session_id",
-               "name", "run_type", "start_time", "end_time", "status", "inputs", "outputs", "error", "tags",
-               "extra", "events")
+TREE_FIELDS = ("id", "trace_id", "parent_run_id", "parent_run_ids", "child_run_ids", "dotted_order",
+               "session_id", "name", "run_type", "start_time", "end_time", "status", "inputs", "outputs",
+               "error", "tags", "extra", "events")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,6 +64,8 @@ def seeded(ls_hook):
     day = dt.date(2045, 1, 1) + dt.timedelta(days=random.randrange(0, 5000))
     days = [day - dt.timedelta(days=1), day, day + dt.timedelta(days=1)]
     counts = seed_langsmith(client, days, prefix=prefix, traces_per_day=TRACES_PER_DAY)
+    # Seeding is idempotent: the second time changes nothing (the tests below see no duplicate).
+    assert seed_langsmith(client, days, prefix=prefix, traces_per_day=TRACES_PER_DAY) == counts
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     end = start + dt.timedelta(days=1)
     edges = {
@@ -85,9 +87,9 @@ def seeded(ls_hook):
 def edge_run(project: str, label: str, moment: dt.datetime) -> dict:
     run_id = str(uuid.uuid4())
     return {"id": run_id, "trace_id": run_id, "dotted_order": moment.strftime("%Y%m%dT%H%M%S%fZ") + run_id,
-            "session_name": project, "name": f"edge-{label}", "run_type": "tool", "start_time": moment.isoformat(),
-            "end_time": (moment + dt.timedelta(milliseconds=3)).isoformat(), "inputs": {"edge": label},
-            "outputs": {"ok": True}, "tags": ["edge"]}
+            "session_name": project, "name": f"edge-{label}", "run_type": "tool",
+            "start_time": moment.isoformat(), "end_time": (moment + dt.timedelta(milliseconds=3)).isoformat(),
+            "inputs": {"edge": label}, "outputs": {"ok": True}, "tags": ["edge"]}
 
 
 def expected_runs(seeded, project_names) -> dict[str, dict]:
@@ -106,8 +108,8 @@ def settings_for(make_config, conn_id: str = "langsmith_default", **component):
 
 def interval_context(context, seeded) -> BackupContext:
     ctx = context("langsmith")
-    ctx.run.update(data_interval_start=seeded["start"].isoformat(), data_interval_end=seeded["end"].isoformat(),
-                   logical_date=seeded["start"].isoformat())
+    ctx.run.update(data_interval_start=seeded["start"].isoformat(),
+                   data_interval_end=seeded["end"].isoformat(), logical_date=seeded["start"].isoformat())
     return ctx
 
 
@@ -119,7 +121,8 @@ def read_back(repo, result):
     return projects, [json.loads(line) for line in lines]
 
 
-def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config, context, repo, seeded, ls_hook):
+def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config, context, repo, seeded,
+                                                                     ls_hook):
     prefix, client = seeded["prefix"], ls_hook.get_conn()
     selected = [f"{prefix}nightly-evals", f"{prefix}rag-chatbot"]
     settings = settings_for(make_config, projects=[f"{prefix}rag-*", f"{prefix}nightly-evals"])
@@ -159,20 +162,24 @@ def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config
         assert (sent.get("extra") or {}).get("metadata", {}).items() <= run["extra"]["metadata"].items()
         assert run["parent_run_id"] == sent.get("parent_run_id")
     by_id = {run["id"]: run for run in runs}
-    nested = [r for r in runs if r["parent_run_id"] and by_id.get(r["parent_run_id"], {}).get("parent_run_id")]
+    nested = [r for r in runs if by_id.get(r["parent_run_id"] or "", {}).get("parent_run_id")]
     assert nested, "the seeded traces nest runs at least three deep"
-    assert {r["run_type"] for r in runs} >= {"chain", "llm", "retriever", "tool", "embedding", "prompt", "parser"}
+    assert {r["run_type"] for r in runs} == {"chain", "llm", "retriever", "tool", "embedding", "prompt",
+                                             "parser"}
     assert any(r["status"] == "error" for r in runs) and any(r["events"] for r in runs)
 
     # Each run carries its feedback: the seeded records, as the API lists them.
-    seeded_feedback = {item["feedback_id"]: item for name in selected for item in seeded["projects"][name].feedback
-                       if item["run_id"] in expected}
+    seeded_feedback = {item["feedback_id"]: item for name in selected
+                       for item in seeded["projects"][name].feedback if item["run_id"] in expected}
     written = [f for run in runs for f in run["feedback"]]
-    assert {f["id"] for f in written} == set(seeded_feedback) and len(written) == result.counts["feedback"] > 0
+    assert {f["id"] for f in written} == set(seeded_feedback)
+    assert len(written) == len(seeded_feedback) == result.counts["feedback"] > 0
+    assert any(len(run["feedback"]) > 1 for run in runs)
     for run in runs:
         for feedback in run["feedback"]:
             sent = seeded_feedback[feedback["id"]]
-            assert (feedback["run_id"], feedback["key"], feedback["score"]) == (run["id"], sent["key"], sent["score"])
+            assert (feedback["run_id"], feedback["key"]) == (run["id"], sent["key"])
+            assert feedback["score"] == sent["score"]
         if run["feedback"]:
             listed = [f.model_dump(mode="json") for f in client.list_feedback(run_ids=[run["id"]])]
             assert sorted(run["feedback"], key=lambda f: f["id"]) == sorted(listed, key=lambda f: f["id"])
@@ -181,13 +188,14 @@ def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config
     sessions = [run["session_id"] for run in runs]
     assert sorted(set(sessions), key=sessions.index) == [p["id"] for p in projects]
     for project in projects:
-        starts = [run["start_time"] for run in runs if run["session_id"] == project["id"]]
+        starts = [dt.datetime.fromisoformat(run["start_time"]) for run in runs
+                  if run["session_id"] == project["id"]]
         assert starts == sorted(starts)
 
     assert result.counts["projects"] == 2
     assert result.counts["traces"] == sum(run.get("parent_run_id") is None for run in expected.values())
-    assert result.details["interval"] == {"start": seeded["start"].isoformat(), "end": seeded["end"].isoformat(),
-                                          "source": "data_interval"}
+    assert result.details["interval"] == {
+        "start": seeded["start"].isoformat(), "end": seeded["end"].isoformat(), "source": "data_interval"}
     assert sum(result.details["runs_per_project"].values()) == len(expected)
 
 
@@ -346,7 +354,18 @@ def test_unreachable_langsmith_fails_naming_the_endpoint_and_the_cause(make_conf
     assert time.monotonic() - started < 15
 
 
-def test_rate_limited_and_unavailable_answers_are_retried(make_config, context, repo, seeded, ls_hook, monkeypatch):
+def test_a_wrong_api_key_fails_without_showing_it(make_config, context, ls_hook, monkeypatch):
+    secret = "lsv2_pt_wrongkey0123456789abcdef"
+    conn = json.loads(os.environ["AIRFLOW_CONN_LANGSMITH_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_LANGSMITH_WRONG_KEY", json.dumps({**conn, "password": secret}))
+    component = LangSmithComponent(settings_for(make_config, "langsmith_wrong_key"))
+    with pytest.raises(ComponentError, match=rf"at {ls_hook.api_url}: LangSmithAuthError") as failure:
+        component.backup(context("langsmith"), None)
+    assert "401" in str(failure.value) and secret[:5] not in str(failure.value)
+
+
+def test_rate_limited_and_unavailable_answers_are_retried(make_config, context, repo, seeded, ls_hook,
+                                                          monkeypatch):
     project = f"{seeded['prefix']}nightly-evals"
 
     def reject(method, path, seen):
@@ -370,7 +389,8 @@ def test_rate_limited_and_unavailable_answers_are_retried(make_config, context, 
     assert elapsed >= 1.9  # Retry-After: 1 was honoured twice
 
 
-def test_a_rate_limit_that_does_not_end_fails_after_bounded_retries(make_config, context, ls_hook, monkeypatch):
+def test_a_rate_limit_that_does_not_end_fails_after_bounded_retries(make_config, context, ls_hook,
+                                                                    monkeypatch):
     with Proxy(ls_hook.api_url, lambda method, path, seen: 429, retry_after="3600") as proxy:
         connection_to(monkeypatch, "langsmith_throttled", proxy.port, ls_hook.api_key)
         settings = settings_for(make_config, "langsmith_throttled", max_retries=2, max_backoff_seconds=1)
@@ -397,7 +417,8 @@ def test_hook_reads_the_api_url_key_and_workspace_from_the_connection(monkeypatc
         assert str(client._workspace_id) == "2b8e1a52-53c4-4f6a-9a35-9f4c5f1f7d10"
         assert client.tracing_queue is None  # auto batch tracing off: no background thread
         retry = client.session.get_adapter("https://langsmith.example.com").max_retries
-        assert (retry.total, retry.backoff_factor, retry.backoff_max, retry.retry_after_max) == (4, 0.25, 7.5, 8)
+        assert (retry.total, retry.backoff_factor, retry.backoff_max) == (4, 0.25, 7.5)
+        assert retry.retry_after_max == 8  # Retry-After is capped too
         assert {429, 500, 502, 503, 504} <= set(retry.status_forcelist) and retry.allowed_methods is None
         assert client._timeout == (10, 60)
     assert hook._client is None

@@ -1,0 +1,157 @@
+"""LangSmith hook: a ``langsmith.Client`` for reading projects, runs and feedback, with bounded retries."""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+#: the hosted service, used when the connection names no host
+DEFAULT_API_URL = "https://api.smith.langchain.com"
+#: answers worth another try: timeouts, "too early", rate limiting and transient server errors
+RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+
+
+class LangSmithHook(BaseHook):
+    """Talks to the LangSmith REST API (the hosted service or a self-hosted one).
+
+    The connection (type ``http``) holds the API URL, either as ``schema`` (``https`` when empty),
+    ``host`` and ``port``, or as a full URL in ``host`` (``https://langsmith.example.com/api/v1``); the
+    API key as its ``password``; and optionally ``workspace_id`` in its extra, for org-scoped keys.
+
+    The client is built for reading: it starts no background tracing thread, ignores the tracing and
+    OpenTelemetry settings of the environment, and retries through the SDK's own retry configuration (a
+    urllib3 ``Retry`` mounted on its session): connection errors and HTTP 408/425/429/5xx answers are
+    retried up to ``max_retries`` times with exponential backoff, honouring ``Retry-After`` but never
+    sleeping longer than ``max_backoff`` seconds at a time. Use the hook as a context manager, or call
+    :meth:`close`, to release the client.
+
+    :param langsmith_conn_id: the Airflow connection id.
+    :param timeout: seconds allowed to read each answer.
+    :param connect_timeout: seconds allowed to connect.
+    :param max_retries: retries of one request before it fails.
+    :param backoff_factor: the exponential backoff's base, in seconds (``factor * 2 ** (retry - 1)``).
+    :param max_backoff: the longest sleep between two tries, in seconds (``Retry-After`` included).
+    """
+
+    conn_name_attr = "langsmith_conn_id"
+    default_conn_name = "langsmith_default"
+    conn_type = "http"
+    hook_name = "LangSmith"
+
+    def __init__(
+        self,
+        langsmith_conn_id: str = default_conn_name,
+        timeout: float = 60,
+        connect_timeout: float = 10,
+        max_retries: int = 5,
+        backoff_factor: float = 0.5,
+        max_backoff: float = 30,
+    ) -> None:
+        super().__init__()
+        self.langsmith_conn_id = langsmith_conn_id
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_retries = max_retries
+        self.backoff_factor = backoff_factor
+        self.max_backoff = max_backoff
+        self._client = None
+
+    @cached_property
+    def connection(self):
+        return self.get_connection(self.langsmith_conn_id)
+
+    @cached_property
+    def api_url(self) -> str:
+        conn = self.connection
+        host = (conn.host or "").strip()
+        if not host:
+            return DEFAULT_API_URL
+        if "://" in host:
+            return host.rstrip("/")
+        return f"{conn.schema or 'https'}://{host}{f':{conn.port}' if conn.port else ''}"
+
+    @property
+    def api_key(self) -> str | None:
+        return self.connection.password or None
+
+    @property
+    def workspace_id(self) -> str | None:
+        return self.connection.extra_dejson.get("workspace_id") or None
+
+    def retry_config(self):
+        """The urllib3 ``Retry`` the SDK mounts on its session (its own default, with our bounds)."""
+        from langsmith.utils import LangSmithRetry
+
+        return LangSmithRetry(
+            total=self.max_retries,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=None,  # every method: the runs query is a POST that only reads
+            backoff_factor=self.backoff_factor,
+            backoff_max=self.max_backoff,
+            backoff_jitter=min(self.backoff_factor, 1.0),
+            respect_retry_after_header=True,
+            retry_after_max=max(1, math.ceil(self.max_backoff)),
+            raise_on_status=False,  # the last answer reaches the SDK, which names the status in its error
+            raise_on_redirect=False,
+        )
+
+    def get_conn(self):
+        """The hook's ``langsmith.Client`` (built on first use, closed by :meth:`close`)."""
+        if self._client is None:
+            from langsmith import Client
+
+            self._client = Client(
+                api_url=self.api_url,
+                api_key=self.api_key,
+                workspace_id=self.workspace_id,
+                retry_config=self.retry_config(),
+                timeout_ms=(int(self.connect_timeout * 1000), int(self.timeout * 1000)),
+                auto_batch_tracing=False,  # no background tracing thread: this client only reads
+                tracing_mode="langsmith",  # not OpenTelemetry, whatever LANGSMITH_TRACING_MODE says
+                disable_prompt_cache=True,
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Close the client's HTTP session and unregister its exit handler."""
+        if self._client is not None:
+            self._client.close(timeout=0)
+            self._client = None
+
+    def __enter__(self) -> LangSmithHook:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def server_version(self) -> str | None:
+        """The version ``GET /info`` reports, or ``None`` when the server does not say."""
+        try:
+            return self.get_conn().info.version or None
+        except Exception:  # only decorates the manifest; a real outage fails the next call clearly
+            return None
+
+    def describe_error(self, exc: BaseException) -> str:
+        """``exc`` as a one-line cause for an error message, without the API key.
+
+        The SDK's connection errors append a partly masked API key: the underlying ``requests`` error is
+        reported instead, and any trace of the key is removed from what remains.
+        """
+        from langsmith import utils as ls_utils
+
+        cause = exc
+        if isinstance(exc, ls_utils.LangSmithConnectionError) and exc.__cause__ is not None:
+            cause = exc.__cause__
+        lines = [line for line in str(cause).splitlines()
+                 if line.strip() and not line.lstrip().lower().startswith(("api key:", "content-length:"))]
+        text = " ".join(line.strip() for line in lines)
+        key = self.api_key
+        if key:
+            text = text.replace(key, "***")
+            # the SDK's masked form: the first 5 and last 2 characters around asterisks
+            text = re.sub(re.escape(key[:5]) + r"\*+" + re.escape(key[-2:]), "***", text)
+        return f"{type(cause).__name__}: {text[:1000]}"

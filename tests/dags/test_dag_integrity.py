@@ -75,3 +75,42 @@ def test_plugin_loader_does_not_shadow_packages(airflow):
     proc = subprocess.run([sys.executable, "-c", script], env=airflow.env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_restore_dag_shape(dagbag):
+    from ragvault.components import RESTORE_ORDER
+
+    dag = dagbag.dags["intelligence_restore"]
+    tasks = dag.task_dict
+    assert dag.schedule is None or dag.timetable.summary in ("None", None) or not dag.timetable.periodic
+    assert dag.max_active_runs == 1
+    pause, resume = tasks["pause_ingestion"], tasks["resume_ingestion"]
+    assert pause.is_setup and not pause.upstream_task_ids
+    assert resume.is_teardown and not resume.downstream_task_ids and "pause_ingestion" in resume.upstream_task_ids
+    # verify before anything is written, then the plan, then the components in the seed's restore order
+    chain = ["pause_ingestion", "resolve_backup", "verify_backup", "plan_restore"]
+    for upstream, task in zip(chain, chain[1:], strict=False):
+        assert tasks[task].upstream_task_ids == {upstream}, task
+    previous = "plan_restore"
+    groups = [g for g in dag.task_group.children if g in REGISTRY]
+    assert groups == RESTORE_ORDER
+    assert RESTORE_ORDER[:3] == ["qdrant", "mongodb", "redis"] and RESTORE_ORDER[-1] == "infra"
+    for name in RESTORE_ORDER:
+        members = [t for t in dag.tasks if t.task_id.startswith(f"{name}.")]
+        first = [t for t in members if not any(u.startswith(f"{name}.") for u in t.upstream_task_ids)]
+        assert len(first) == 1 and first[0].upstream_task_ids == {previous}, name
+        last = [t for t in members if not any(d.startswith(f"{name}.") for d in t.downstream_task_ids)]
+        previous = last[0].task_id
+    assert tasks["verify_restore"].upstream_task_ids == {previous}
+    assert tasks["verify_restore"].downstream_task_ids == {"resume_ingestion"}
+
+
+def test_restore_form(dagbag):
+    params = dagbag.dags["intelligence_restore"].params
+    assert set(params) == {"backup_date", "components", "dry_run", "confirm"}
+    for name in params:
+        assert params.get_param(name).description, name
+    assert params["backup_date"] == "latest" and params["components"] == list(REGISTRY)
+    assert params["dry_run"] is False and params["confirm"] == ""
+    schema = params.get_param("components").schema
+    assert schema["items"]["enum"] == list(REGISTRY)

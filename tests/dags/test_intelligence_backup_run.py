@@ -7,34 +7,30 @@ import json
 import socket
 
 import pytest
-from devstack import seed
+
+from devstack.localconfig import write_local_settings
+from devstack.stack import seed_everything
+from ragvault.components import REGISTRY
+from ragvault.config import DEFAULTS
 
 pytestmark = pytest.mark.timeout(900)
 
 DAG_ID = "intelligence_backup"
+DEFAULT_CONNECTIONS = DEFAULTS["connections"]
 FLAG_KEY = "ragvault:test:ingestion-paused"
 
 
-@pytest.fixture(scope="module")
-def seeded_stack():
-    """The three data stores wiped and seeded with the small realistic stack; the seeder's counts."""
-    from airflow.providers.mongo.hooks.mongo import MongoHook
+@pytest.fixture
+def seeded_stack(backup_date):
+    """All nine components' servers seeded for this test's date; the seeders' counts."""
+    return seed_everything(backup_date)
 
-    from ragvault.hooks.qdrant import QdrantHook
-    from ragvault.hooks.redis import RedisHook
 
-    qdrant = QdrantHook().client
-    redis_kwargs = RedisHook().connection_kwargs
-    with MongoHook() as mongo:
-        client = mongo.get_conn()
-        seed.wipe_qdrant(qdrant)
-        seed.wipe_mongo(client)
-        seed.wipe_redis(redis_kwargs)
-        return {
-            "qdrant": seed.seed_qdrant(qdrant),
-            "mongodb": seed.seed_mongo(client),
-            "redis": seed.seed_redis(redis_kwargs),
-        }
+@pytest.fixture
+def local_config(tmp_path, bucket):
+    """``local_config(**overrides)``: the local stack's settings (as `make demo` uses) on the test bucket."""
+    return lambda **overrides: write_local_settings(tmp_path / "ragvault.yaml", bucket=bucket, retries=0,
+                                                    **overrides)
 
 
 @pytest.fixture
@@ -51,11 +47,11 @@ def output(proc) -> str:
     return proc.stdout[-6000:] + proc.stderr[-6000:]
 
 
-def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, make_config, s3_client, bucket, backup_date,
+def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, local_config, s3_client, bucket, backup_date,
                                                          seeded_stack, redis_client):
     # The flag was already set by someone else before the backup: resume must put that value back.
     redis_client.set(FLAG_KEY, "held-by-operator")
-    config = make_config(ingestion={"flag": {"redis_key": FLAG_KEY}})
+    config = local_config(ingestion={"flag": {"redis_key": FLAG_KEY}})
     proc = airflow.run("dags", "test", DAG_ID, backup_date, env={"RAGVAULT_CONFIG": str(config)})
     assert proc.returncode == 0, output(proc)
 
@@ -77,28 +73,45 @@ def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, make_config, s
         assert len(body) == artifact["size"] == listed[artifact["key"]], artifact["key"]
         assert hashlib.sha256(body).hexdigest() == artifact["sha256"], artifact["key"]
 
-    # The counts are the stack's.
+    # All nine folders of the seed's layout, and the counts are the stack's.
     components = manifest["components"]
-    assert set(components) == {"qdrant", "mongodb", "redis"}
+    assert list(REGISTRY) == ["qdrant", "mongodb", "redis", "langchain", "langsmith", "gpt", "infra", "prometheus",
+                              "grafana"]
+    assert set(components) == set(REGISTRY)
+    folders = {key.split("/")[1] for key in listed if key.count("/") >= 2}
+    assert folders == set(REGISTRY)
+    assert {"prompts.yaml", "chains.json", "agents.yaml"} <= {k.split("/", 2)[2] for k in listed
+                                                           if k.split("/")[1] == "langchain"}
+    for path in ("langsmith/runs.json.zst", "langsmith/projects.json", "gpt/model_config.json",
+                 "gpt/system_prompts.json", "infra/docker-compose.yaml", "infra/.env", "infra/etl_scripts.tar.gz",
+                 "prometheus/prometheus.yml", "prometheus/rules.yml", "grafana/grafana.ini", "grafana/grafana.db.zst",
+                 "qdrant/snapshots/docs_chunks.snapshot", "mongodb/dump/rag_app/documents.bson.gz", "redis/dump.rdb"):
+        assert f"{backup_date}/{path}" in listed, path
+    assert any("/prometheus/tsdb/" in k and k.endswith("/meta.json.zst") for k in listed)
+    assert components["langsmith"]["counts"]["runs"] >= seeded_stack["langsmith"]["runs"] > 0
+    assert components["grafana"]["counts"]["dashboards"] == seeded_stack["grafana"]["dashboards"]
+    assert components["prometheus"]["counts"]["series"] > 0
     assert components["qdrant"]["counts"]["points"] == sum(seeded_stack["qdrant"].values())
     assert components["qdrant"]["counts"]["collections"] == len(seeded_stack["qdrant"])
     assert components["mongodb"]["counts"]["documents"] == sum(seeded_stack["mongodb"].values())
     # the seeded keys, plus the ingestion flag, which is in Redis db0 while the snapshot is taken
     assert components["redis"]["counts"]["keys"] == sum(seeded_stack["redis"].values()) + 1
     for name, component in components.items():
-        assert component["source_version"], name
         assert component["captured_at"].endswith("Z"), name
+        if name not in ("langchain", "gpt", "infra"):  # files have no server version
+            assert component["source_version"], name
 
     # Ingestion was resumed to exactly its prior state.
     assert redis_client.get(FLAG_KEY) == b"held-by-operator"
 
 
 def test_failing_component_fails_clearly_resumes_ingestion_and_writes_no_manifest(
-        airflow, make_config, s3_client, bucket, backup_date, seeded_stack, redis_client, monkeypatch):
+        airflow, local_config, s3_client, bucket, backup_date, redis_client):
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
-    config = make_config(connections={"qdrant": "qdrant_unreachable"}, ingestion={"flag": {"redis_key": FLAG_KEY}})
+    connections = {**DEFAULT_CONNECTIONS, "qdrant": "qdrant_unreachable"}
+    config = local_config(connections=connections, ingestion={"flag": {"redis_key": FLAG_KEY}})
     proc = airflow.run("dags", "test", DAG_ID, backup_date, env={
         "RAGVAULT_CONFIG": str(config),
         "AIRFLOW_CONN_QDRANT_UNREACHABLE": json.dumps({"conn_type": "qdrant", "host": "127.0.0.1",

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+
 from devstack import seed
 from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state
 

@@ -40,8 +40,17 @@ def _at(component) -> str:
     return f" at {endpoint}" if endpoint else ""
 
 
-class _SettingsMixin:
-    config_path: str | None
+class _RagvaultOperator(BaseOperator):
+    """Common ground of ragvault's operators: the settings file and the repository built from it.
+
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("config_path",)
+
+    def __init__(self, *, config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
 
     def settings(self) -> Settings:
         return load_settings(self.config_path)
@@ -52,7 +61,7 @@ class _SettingsMixin:
         return repo
 
 
-class ListItemsOperator(_SettingsMixin, BaseOperator):
+class ListItemsOperator(_RagvaultOperator):
     """List what a component will back up item by item (Qdrant collections, Mongo databases...).
 
     The returned list feeds the component's mapped backup task.
@@ -61,13 +70,11 @@ class ListItemsOperator(_SettingsMixin, BaseOperator):
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    template_fields: Sequence[str] = ("config_path",)
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, component: str, config_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, component: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.component = component
-        self.config_path = config_path
 
     def execute(self, context) -> list[str]:
         component = get_component(self.component)(self.settings())
@@ -81,7 +88,7 @@ class ListItemsOperator(_SettingsMixin, BaseOperator):
         return items
 
 
-class BackupComponentOperator(_SettingsMixin, BaseOperator):
+class BackupComponentOperator(_RagvaultOperator):
     """Back up one item of a component (or the whole component) into ``<date>/<component>/``.
 
     Streams the artifacts to the bucket and returns only their keys, sizes, checksums and counts, which
@@ -103,14 +110,12 @@ class BackupComponentOperator(_SettingsMixin, BaseOperator):
         component: str,
         item: str | None = None,
         backup_date: str = "{{ ds }}",
-        config_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.component = component
         self.item = item
         self.backup_date = backup_date
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
@@ -133,7 +138,7 @@ class BackupComponentOperator(_SettingsMixin, BaseOperator):
         return result.to_dict()
 
 
-class CommitManifestOperator(_SettingsMixin, BaseOperator):
+class CommitManifestOperator(_RagvaultOperator):
     """Close a backup: check every artifact is in the bucket, prune leftovers, write ``manifest.json`` last.
 
     :param results_from: component name -> task id of its backup task (mapped or not) whose return values
@@ -150,13 +155,11 @@ class CommitManifestOperator(_SettingsMixin, BaseOperator):
         *,
         results_from: Mapping[str, str],
         backup_date: str = "{{ ds }}",
-        config_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.results_from = dict(results_from)
         self.backup_date = backup_date
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
@@ -187,35 +190,25 @@ class CommitManifestOperator(_SettingsMixin, BaseOperator):
         return {"manifest": key, "artifacts": len(manifest["artifacts"]), "bytes": total}
 
 
-class PauseIngestionOperator(_SettingsMixin, BaseOperator):
+class PauseIngestionOperator(_RagvaultOperator):
     """Pause ingestion (configured DAGs and/or flags) before the stores are copied; see ``ragvault.ingestion``.
 
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    template_fields: Sequence[str] = ("config_path",)
     ui_color = "#fadbd8"
-
-    def __init__(self, *, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         return IngestionControl(self.settings(), self.log).pause(owner=context["dag_run"].run_id)
 
 
-class ResumeIngestionOperator(_SettingsMixin, BaseOperator):
+class ResumeIngestionOperator(_RagvaultOperator):
     """Put ingestion back exactly as it was before the pause (runs as a teardown, so also after failures).
 
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    template_fields: Sequence[str] = ("config_path",)
     ui_color = "#fadbd8"
-
-    def __init__(self, *, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         return IngestionControl(self.settings(), self.log).resume()
@@ -232,10 +225,15 @@ def _human(size: float) -> str:
     return f"{size} B"
 
 
-class _RestoreMixin(_SettingsMixin):
-    """Common ground of the restore operators: the resolved backup (from ``resolve_backup``)."""
+class _RestoreOperator(_RagvaultOperator):
+    """Common ground of the restore operators: the backup ``resolve_backup`` found, and the settings."""
 
-    resolved: dict[str, Any] | None
+    template_fields: Sequence[str] = ("resolved", "config_path")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, resolved: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resolved = resolved
 
     def backup(self, settings: Settings) -> tuple[BackupRepository, dict[str, Any], list[str]]:
         """The repository, the manifest of the backup being restored, and the selected components."""
@@ -251,7 +249,7 @@ class _RestoreMixin(_SettingsMixin):
         return RestoreContext(repo=repo, manifest=manifest, component=component, settings=settings, log=self.log)
 
 
-class ResolveBackupOperator(_SettingsMixin, BaseOperator):
+class ResolveBackupOperator(_RagvaultOperator):
     """Find the complete backup the restore form asks for, and check the selection against it.
 
     :param backup_date: ``latest`` (the newest date with a manifest) or ``YYYY-MM-DD`` (templated).
@@ -266,10 +264,9 @@ class ResolveBackupOperator(_SettingsMixin, BaseOperator):
 
     def __init__(self, *, backup_date: str = "{{ params.backup_date }}",
                  components: Any = "{{ params.components }}", dry_run: Any = "{{ params.dry_run }}",
-                 confirm: Any = "{{ params.confirm }}", config_path: str | None = None, **kwargs: Any) -> None:
+                 confirm: Any = "{{ params.confirm }}", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_date, self.components, self.dry_run, self.confirm = backup_date, components, dry_run, confirm
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
@@ -311,7 +308,7 @@ def _truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
-class VerifyBackupOperator(_RestoreMixin, BaseOperator):
+class VerifyBackupOperator(_RestoreOperator):
     """Download every selected artifact and check it against the manifest before anything is written.
 
     Size and SHA-256 of the stored bytes; encrypted artifacts decrypted; the original bytes' SHA-256 where
@@ -320,13 +317,6 @@ class VerifyBackupOperator(_RestoreMixin, BaseOperator):
     :param resolved: ``resolve_backup``'s result (templated).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
-
-    template_fields: Sequence[str] = ("resolved", "config_path")
-    ui_color = "#fdebd0"
-
-    def __init__(self, *, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.resolved, self.config_path = resolved, config_path
 
     def execute(self, context) -> dict[str, Any]:
         from ragvault.crypto import load_cipher
@@ -345,7 +335,7 @@ class VerifyBackupOperator(_RestoreMixin, BaseOperator):
         return {"artifacts": len(artifacts), "bytes": total}
 
 
-class PlanRestoreOperator(_RestoreMixin, BaseOperator):
+class PlanRestoreOperator(_RestoreOperator):
     """Say what the restore would write and what it would overwrite; stop unless confirmed.
 
     Over targets that already hold data the restore goes on only when ``confirm`` equals the backup date.
@@ -354,13 +344,6 @@ class PlanRestoreOperator(_RestoreMixin, BaseOperator):
     :param resolved: ``resolve_backup``'s result (templated).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
-
-    template_fields: Sequence[str] = ("resolved", "config_path")
-    ui_color = "#fdebd0"
-
-    def __init__(self, *, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.resolved, self.config_path = resolved, config_path
 
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
@@ -393,7 +376,7 @@ class PlanRestoreOperator(_RestoreMixin, BaseOperator):
         return {"plan": lines, "overwrites": overwrites, "dry_run": self.resolved["dry_run"]}
 
 
-class ListRestoreItemsOperator(_RestoreMixin, BaseOperator):
+class ListRestoreItemsOperator(_RestoreOperator):
     """The items of one component to restore (none when it is not selected, or in a dry run).
 
     :param component: the component's name.
@@ -401,13 +384,12 @@ class ListRestoreItemsOperator(_RestoreMixin, BaseOperator):
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    template_fields: Sequence[str] = ("resolved", "config_path")
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, component: str, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, component: str, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
         super().__init__(**kwargs)
-        self.component, self.resolved, self.config_path = component, resolved, config_path
+        self.component = component
 
     def execute(self, context) -> list[str]:
         if self.component not in self.resolved["components"]:
@@ -424,7 +406,7 @@ class ListRestoreItemsOperator(_RestoreMixin, BaseOperator):
         return items
 
 
-class RestoreComponentOperator(_RestoreMixin, BaseOperator):
+class RestoreComponentOperator(_RestoreOperator):
     """Restore one item of a component (or the whole component) from the verified backup.
 
     :param component: the component's name.
@@ -436,11 +418,10 @@ class RestoreComponentOperator(_RestoreMixin, BaseOperator):
     template_fields: Sequence[str] = ("item", "resolved", "config_path")
     ui_color = "#d5f5e3"
 
-    def __init__(self, *, component: str, resolved: Any, item: str | None = None, config_path: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, component: str, item: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
         super().__init__(**kwargs)
-        self.component, self.item, self.resolved, self.config_path = component, item, resolved, config_path
+        self.component, self.item = component, item
 
     def execute(self, context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -466,7 +447,7 @@ class RestoreComponentOperator(_RestoreMixin, BaseOperator):
         return restored
 
 
-class VerifyRestoreOperator(_RestoreMixin, BaseOperator):
+class VerifyRestoreOperator(_RestoreOperator):
     """Compare the restored stack with the manifest: counts per item and a sample field by field.
 
     Prints a table (component, items backed up, items restored, equal?) and fails on any difference.
@@ -475,13 +456,9 @@ class VerifyRestoreOperator(_RestoreMixin, BaseOperator):
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    template_fields: Sequence[str] = ("resolved", "config_path")
-    ui_color = "#fdebd0"
-
-    def __init__(self, *, resolved: Any, config_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
         super().__init__(**kwargs)
-        self.resolved, self.config_path = resolved, config_path
 
     def execute(self, context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException

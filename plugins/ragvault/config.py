@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": 60,
     "max_retry_delay_seconds": 900,
+    "notifications": {"webhook_conn_id": None},
+    "lock": {"wait_seconds": 3600, "stale_after_seconds": 43200},
     "ingestion": {
         "pause_dag_ids": [],
         "drain_timeout_seconds": 1800,
@@ -155,8 +157,11 @@ class Settings:
         return self.data["schedule"]
 
     def default_args(self) -> dict[str, Any]:
+        from ragvault.notifications import WebhookFailureNotifier
+
         return {
             "owner": "ragvault",
+            "on_failure_callback": WebhookFailureNotifier(),
             "retries": int(self.data["retries"]),
             "retry_delay": timedelta(seconds=int(self.data["retry_delay_seconds"])),
             "retry_exponential_backoff": True,

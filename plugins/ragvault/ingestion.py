@@ -94,6 +94,22 @@ class IngestionControl:
                                           "previous": Variable.get(self.variable, default=None)}
             Variable.set(STATE_VARIABLE, json.dumps(state), description="ragvault: ingestion state before pause")
 
+        try:
+            self._apply(owner, state)
+        except Exception:
+            # resume_ingestion is a teardown, and Airflow does not run a teardown whose setup (this task)
+            # failed: put back here what this attempt changed. A retry saves the state again and starts over.
+            self.log.error("ingestion: pause failed; putting ingestion back as it was before raising")
+            try:
+                self.resume()
+            except Exception:
+                self.log.exception("ingestion: could not put ingestion back; the state saved in Variable %r "
+                                   "is kept for the next resume", STATE_VARIABLE)
+            raise
+        return {"paused": True, "dags": self.dag_ids, "redis_key": self.redis_key, "variable": self.variable}
+
+    def _apply(self, owner: str, state: dict[str, Any]) -> None:
+        """Set the flags, pause the DAGs and wait for their running tasks to finish."""
         if self.redis_key:
             self._redis().set(self.redis_key, json.dumps({"paused_by": owner, "since": utcnow_iso()}))
             self.log.info("ingestion: flag set in Redis key %r", self.redis_key)
@@ -108,7 +124,6 @@ class IngestionControl:
                 api.set_paused(dag_id, True)
                 self.log.info("ingestion: DAG %s paused", dag_id)
             self._drain(api)
-        return {"paused": True, "dags": self.dag_ids, "redis_key": self.redis_key, "variable": self.variable}
 
     def _drain(self, api: AirflowApiHook) -> None:
         timeout = float(self.config.get("drain_timeout_seconds", 1800))

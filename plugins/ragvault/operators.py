@@ -191,7 +191,7 @@ class CommitManifestOperator(_RagvaultOperator):
 
 
 class PauseIngestionOperator(_RagvaultOperator):
-    """Pause ingestion (configured DAGs and/or flags) before the stores are copied; see ``ragvault.ingestion``.
+    """Take the bucket's lock, then pause ingestion (configured DAGs and/or flags); see ``ragvault.ingestion``.
 
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
@@ -199,11 +199,21 @@ class PauseIngestionOperator(_RagvaultOperator):
     ui_color = "#fadbd8"
 
     def execute(self, context) -> dict[str, Any]:
-        return IngestionControl(self.settings(), self.log).pause(owner=context["dag_run"].run_id)
+        settings = self.settings()
+        owner = context["dag_run"].run_id
+        repo = self.repository(settings)
+        lock = settings.data["lock"]
+        repo.acquire_lock(owner, stale_after=float(lock["stale_after_seconds"]), wait=float(lock["wait_seconds"]))
+        try:
+            return IngestionControl(settings, self.log).pause(owner=owner)
+        except BaseException:
+            repo.release_lock(owner)  # the pause put everything back; its teardown will not run
+            raise
 
 
 class ResumeIngestionOperator(_RagvaultOperator):
-    """Put ingestion back exactly as it was before the pause (runs as a teardown, so also after failures).
+    """Put ingestion back exactly as it was before the pause, then release the lock (a teardown: it also runs
+    after failures). A run that does not hold the lock leaves ingestion to the run that does.
 
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
@@ -211,7 +221,16 @@ class ResumeIngestionOperator(_RagvaultOperator):
     ui_color = "#fadbd8"
 
     def execute(self, context) -> dict[str, Any]:
-        return IngestionControl(self.settings(), self.log).resume()
+        settings = self.settings()
+        owner = context["dag_run"].run_id
+        repo = self.repository(settings)
+        held = repo.lock_holder()
+        if held is not None and held[0].get("owner") != owner:
+            self.log.warning("the lock is held by %s: ingestion is that run's to resume, left alone", held[0]["owner"])
+            return {"resumed": False, "lock_holder": held[0]["owner"]}
+        result = IngestionControl(settings, self.log).resume()
+        repo.release_lock(owner)
+        return result
 
 
 # -- restore ------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import re
+import socket
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,6 +43,13 @@ SUFFIXES = {None: "", "zstd": ".zst", "gzip": ".gz"}
 
 class RepositoryError(RuntimeError):
     """The bucket is unreachable, an object is missing, or what is stored does not match the manifest."""
+
+
+class LockedError(RepositoryError):
+    """Another run holds the bucket's lock."""
+
+
+LOCK_KEY = "ragvault.lock"
 
 
 def utcnow_iso() -> str:
@@ -444,6 +453,70 @@ class BackupRepository:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             yield from page.get("Contents", [])
+
+    # -- lock ---------------------------------------------------------------------------------------------
+    # One run at a time pauses ingestion and writes (backup) or reads and restores (restore): the lock is an
+    # object created only if absent (If-None-Match), taken over only if unchanged (If-Match) once stale.
+
+    def lock_holder(self) -> tuple[dict[str, Any], str] | None:
+        """The lock's content and ETag, or None when nobody holds it."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=LOCK_KEY)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return json.loads(response["Body"].read()), response["ETag"]
+
+    def acquire_lock(self, owner: str, *, stale_after: float, wait: float, poll: float = 5.0) -> None:
+        """Take the bucket's lock for ``owner`` (a run id), waiting up to ``wait`` seconds for another run.
+
+        A lock older than ``stale_after`` seconds (its run died without releasing it) is taken over. Taking
+        it again as its owner (a retry of the same run) succeeds at once.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            body = json.dumps({"owner": owner, "acquired_at": utcnow_iso(), "host": socket.gethostname()}).encode()
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=LOCK_KEY, Body=body, IfNoneMatch="*",
+                                       ContentType="application/json")
+                log.info("lock s3://%s/%s taken by %s", self.bucket, LOCK_KEY, owner)
+                return
+            except self.client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+            held = self.lock_holder()
+            if held is None:
+                continue
+            holder, etag = held
+            if holder.get("owner") == owner:
+                log.info("lock s3://%s/%s already held by this run (%s)", self.bucket, LOCK_KEY, owner)
+                return
+            age = (datetime.now(UTC) - datetime.fromisoformat(holder["acquired_at"].replace("Z", "+00:00")))
+            if age.total_seconds() > stale_after:
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=LOCK_KEY, Body=body, IfMatch=etag,
+                                           ContentType="application/json")
+                    log.warning("lock s3://%s/%s of %s (taken %s, %.0f s ago) was stale: taken over by %s",
+                                self.bucket, LOCK_KEY, holder.get("owner"), holder["acquired_at"],
+                                age.total_seconds(), owner)
+                    return
+                except self.client.exceptions.ClientError:
+                    continue  # someone else changed it first: look again
+            if time.monotonic() >= deadline:
+                raise LockedError(
+                    f"s3://{self.bucket} is locked by run {holder.get('owner')} (host {holder.get('host')}, since "
+                    f"{holder['acquired_at']}); waited {wait:.0f} s. If that run is dead, delete "
+                    f"s3://{self.bucket}/{LOCK_KEY} or wait until the lock is stale ({stale_after:.0f} s)")
+            log.info("lock held by %s since %s: waiting", holder.get("owner"), holder["acquired_at"])
+            time.sleep(poll)
+
+    def release_lock(self, owner: str) -> bool:
+        """Release the lock if ``owner`` holds it; True if it was released."""
+        held = self.lock_holder()
+        if held is None or held[0].get("owner") != owner:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=LOCK_KEY)
+        log.info("lock s3://%s/%s released by %s", self.bucket, LOCK_KEY, owner)
+        return True
 
     # -- manifest -------------------------------------------------------------------------------------
     def build_manifest(self, date: str, results: Iterable[ItemResult], run: dict[str, Any]) -> dict[str, Any]:

@@ -105,17 +105,44 @@ def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, local_config, 
     assert redis_client.get(FLAG_KEY) == b"held-by-operator"
 
 
+@pytest.fixture
+def webhook():
+    """A webhook receiver on loopback: ``(url, received JSON bodies)``."""
+    import http.server
+    import threading
+
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/ragvault", received
+    server.shutdown()
+    server.server_close()
+
+
 def test_failing_component_fails_clearly_resumes_ingestion_and_writes_no_manifest(
-        airflow, local_config, s3_client, bucket, backup_date, redis_client):
+        airflow, local_config, s3_client, bucket, backup_date, redis_client, webhook):
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
     connections = {**DEFAULT_CONNECTIONS, "qdrant": "qdrant_unreachable"}
-    config = local_config(connections=connections, ingestion={"flag": {"redis_key": FLAG_KEY}})
+    config = local_config(connections=connections, ingestion={"flag": {"redis_key": FLAG_KEY}},
+                          notifications={"webhook_conn_id": "ragvault_webhook"})
+    url, received = webhook
     proc = airflow.run("dags", "test", DAG_ID, backup_date, env={
         "RAGVAULT_CONFIG": str(config),
         "AIRFLOW_CONN_QDRANT_UNREACHABLE": json.dumps({"conn_type": "qdrant", "host": "127.0.0.1",
                                                        "port": dead_port}),
+        "AIRFLOW_CONN_RAGVAULT_WEBHOOK": json.dumps({"conn_type": "http", "host": url}),
     })
     states = airflow.task_states(DAG_ID, airflow.run_id_for(DAG_ID, backup_date))
     assert states.get("qdrant.list_collections") == "failed", (states, output(proc))
@@ -130,3 +157,29 @@ def test_failing_component_fails_clearly_resumes_ingestion_and_writes_no_manifes
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{backup_date}/manifest.json").get("KeyCount") == 0
     # Ingestion resumed: the flag the pause set is gone again.
     assert redis_client.get(FLAG_KEY) is None
+    # The webhook was told which DAG, component and task failed, why, and where the log is.
+    [message] = [m for m in received if m["task_id"] == "qdrant.list_collections"]
+    assert message["dag_id"] == DAG_ID and message["component"] == "qdrant"
+    assert "could not list collections" in message["error"] and "Connection refused" in message["error"]
+    assert "/dags/intelligence_backup/runs/" in message["log_url"] and "qdrant.list_collections" in message["log_url"]
+    assert message["text"].startswith("ragvault: intelligence_backup failed at qdrant")
+
+
+def test_a_run_waits_for_the_lock_and_leaves_the_holder_alone(airflow, local_config, s3_client, bucket,
+                                                              backup_date, redis_client):
+    holder = {"owner": "scheduled__other-run", "acquired_at": "2099-01-01T00:00:00Z", "host": "worker-2"}
+    s3_client.put_object(Bucket=bucket, Key="ragvault.lock", Body=json.dumps(holder).encode())
+    try:
+        config = local_config(lock={"wait_seconds": 2, "stale_after_seconds": 3600},
+                              ingestion={"flag": {"redis_key": FLAG_KEY}})
+        proc = airflow.run("dags", "test", DAG_ID, backup_date, env={"RAGVAULT_CONFIG": str(config)})
+        states = airflow.task_states(DAG_ID, airflow.run_id_for(DAG_ID, backup_date))
+        assert states["pause_ingestion"] == "failed", states
+        assert "is locked by run scheduled__other-run (host worker-2" in proc.stdout + proc.stderr
+        # nothing was paused or written, and the other run's lock is untouched
+        assert redis_client.get(FLAG_KEY) is None
+        assert s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{backup_date}/").get("KeyCount") == 0
+        lock = json.loads(s3_client.get_object(Bucket=bucket, Key="ragvault.lock")["Body"].read())
+        assert lock == holder
+    finally:
+        s3_client.delete_object(Bucket=bucket, Key="ragvault.lock")

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
             "max_retries": 5,
             "backoff_seconds": 0.5,
             "max_backoff_seconds": 30,
+            "restore_batch": 100,
+            "verify_sample": 100,
         },
         "gpt": {
             "enabled": True,
@@ -95,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
             "retries": 3,
             "sqlite_busy_timeout_seconds": 60,
             "tmp_dir": None,
+            "restore_files": False,
         },
     },
 }

@@ -30,20 +30,45 @@ Rate limits and outages are handled by the SDK's retry configuration (:class:`La
 5xx answers and connection errors are retried with a bounded exponential backoff that honours
 ``Retry-After``; what still fails raises a :class:`ComponentError` naming the API URL and the cause.
 Files attached to runs (attachments) are not backed up: the SDK would download each one while listing.
+
+Restore (one item, ``all``) writes the backup into the target workspace (the ``langsmith`` connection):
+
+* each project of ``projects.json`` is looked up by name. A missing one is created with its backed-up id,
+  name, description, ``extra`` (metadata) and start and end time (``POST /sessions`` accepts the id); an
+  existing one keeps its id and gets the backed-up description, ``extra`` and end time. When the name
+  exists under another id (or the id is taken by another project) the runs and feedback are restored
+  into the target's project: its id replaces the backed-up one, and the log says so. Links to datasets
+  (reference and default dataset ids) are not restored: datasets are not part of the backup.
+* ``runs.json.zst`` is streamed ``restore_batch`` runs at a time (never the whole file in memory), each
+  batch sorted by ``dotted_order`` so parents go before their children (a batch is never cut between
+  two runs that started at the same instant, so a child that started with its parent travels with it),
+  and sent through the SDK's batch ingestion with the same ids, trace ids, parents, dotted orders,
+  times, inputs, outputs, errors, tags, ``extra`` (metadata and runtime), events and name; the service
+  derives ``status``, ``parent_run_ids``, ``child_run_ids``, tokens and costs from them again. The runs
+  the target already holds (asked by id first) are counted as present and not sent: the service would
+  answer ``409 Conflict`` and keep its copy, as a run cannot be created twice.
+* the feedback of each run is created with its own id, key, score, value, comment, correction, source
+  and creation time, unless the target already holds a record with that id.
+
+So restoring twice creates no duplicate. ``verify_restore`` checks that every project exists with its
+description and metadata, that each holds as many runs started in the backup's interval as the backup,
+that every backed-up feedback record is there, and compares a sample of ``verify_sample`` runs field by
+field with ``runs.json`` (``child_run_ids`` aside: a trace that crosses the interval keeps children in
+another day's backup).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
 
-from ragvault.components.base import BackupContext, Component, ComponentError
+from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
 from ragvault.hooks.langsmith import LangSmithHook
 from ragvault.repository import ItemResult, utcnow_iso
@@ -59,6 +84,21 @@ RUN_FIELDS = (
 )
 #: fields of the SDK's ``Run`` that are client-side objects, not data
 RUN_EXCLUDE = {"attachments", "child_runs"}
+#: the fields of a backed-up run sent back to create it (the service derives the others again)
+RUN_CREATE_FIELDS = (
+    "id", "trace_id", "parent_run_id", "dotted_order", "name", "run_type", "start_time", "end_time",
+    "inputs", "outputs", "error", "tags", "extra", "events", "serialized", "reference_example_id",
+)
+#: the fields verify_restore compares between a restored run and runs.json (``session_id`` is compared
+#: with the target project's id)
+RUN_VERIFY_FIELDS = (
+    "trace_id", "parent_run_id", "parent_run_ids", "dotted_order", "session_id", "name", "run_type",
+    "start_time", "end_time", "status", "inputs", "outputs", "error", "tags", "extra", "events",
+)
+FEEDBACK_CREATE_FIELDS = (
+    "id", "created_at", "modified_at", "run_id", "trace_id", "key", "score", "value", "comment",
+    "correction", "start_time", "comparative_experiment_id", "feedback_group_id", "extra",
+)
 FALLBACK_WINDOW = timedelta(hours=24)
 PROJECT_PAGE = 100
 MAX_PROJECT_PAGES = 100_000
@@ -156,12 +196,13 @@ class LangSmithComponent(Component):
         return [found[name] for name in names]
 
     @staticmethod
-    def _runs(client, project_id: str, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
+    def _runs(client, project_id: str, start: datetime, end: datetime,
+              fields: Iterable[str] = RUN_FIELDS) -> Iterator[dict[str, Any]]:
         """The project's runs started in ``[start, end)``, oldest first, one page in memory at a time."""
         window = f'and(gte(start_time, "{start.isoformat()}"), lt(start_time, "{end.isoformat()}"))'
         with _sdk_deprecations_silenced():
             runs = client.list_runs(project_id=project_id, start_time=start, filter=window,
-                                    select=list(RUN_FIELDS), order="asc")
+                                    select=list(fields), order="asc")
         while True:
             with _sdk_deprecations_silenced():  # the child_run_ids warning comes with the first page
                 run = next(runs, None)
@@ -187,6 +228,203 @@ class LangSmithComponent(Component):
             if counts["runs"] % PROGRESS_EVERY == 0:
                 ctx.log.info("langsmith: %d runs so far", counts["runs"])
 
+    # -- restore --------------------------------------------------------------------------------------
+
+    def inspect_target(self, ctx: RestoreContext, item: str) -> dict[str, Any]:
+        projects = _backup_projects(ctx, item)
+        start, end = _backup_interval(ctx, item)
+        with self.hook() as hook, self._api_errors(hook, item):
+            client = hook.get_conn()
+            held = {}
+            for project in projects:
+                found = _find_project(client, project["name"])
+                if found is not None:
+                    held[project["name"]] = _count(self._runs(client, found["id"], start, end, ("id",)))
+        if not held:
+            return {"holds_data": False,
+                    "what": f"none of the {len(projects)} backed-up project(s) exists on the target"}
+        runs = ", ".join(f"{name}: {count}" for name, count in held.items())
+        return {"holds_data": True,
+                "what": f"{len(held)} of the {len(projects)} backed-up project(s) exist on the target, "
+                        f"holding {sum(held.values())} run(s) started between {start.isoformat()} and "
+                        f"{end.isoformat()} ({runs}); the runs already there are kept, the others added"}
+
+    def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        projects = _backup_projects(ctx, item)
+        batch_size = max(1, int(self.config.get("restore_batch", 100)))
+        counts = {"projects": 0, "projects_created": 0, "projects_remapped": 0, "runs": 0, "runs_present": 0,
+                  "traces": 0, "feedback": 0, "feedback_present": 0}
+        with self.hook() as hook, self._api_errors(hook, item):
+            client = hook.get_conn()
+            ctx.log.info("langsmith: restoring %d project(s) and %d run(s) of the backup of %s into %s",
+                         len(projects), ctx.item(item)["counts"].get("runs", 0), ctx.date, hook.api_url)
+            project_ids = {project["id"]: self._restore_project(ctx, client, project, counts)
+                           for project in projects}
+            for batch in _batches(_backup_runs(ctx, item), batch_size):
+                self._restore_batch(ctx, hook, item, batch, project_ids, counts)
+                done = counts["runs"] + counts["runs_present"]
+                if done // PROGRESS_EVERY > (done - len(batch)) // PROGRESS_EVERY:
+                    ctx.log.info("langsmith: %d runs so far", done)
+        ctx.log.info("langsmith: %d project(s) (%d created), %d run(s) in %d trace(s) and %d feedback "
+                     "record(s) restored; %d run(s) and %d feedback record(s) were already there",
+                     counts["projects"], counts["projects_created"], counts["runs"], counts["traces"],
+                     counts["feedback"], counts["runs_present"], counts["feedback_present"])
+        return counts
+
+    def _restore_project(self, ctx: RestoreContext, client, project: dict[str, Any],
+                         counts: dict[str, int]) -> str:
+        """Create or update one backed-up project on the target; return its id there."""
+        from langsmith.utils import LangSmithConflictError
+
+        name = project["name"]
+        fields = {key: project.get(key) for key in ("description", "extra", "end_time")
+                  if project.get(key) is not None}
+        existing = _find_project(client, name)
+        if existing is None:
+            body = {"id": project["id"], "name": name, **fields}
+            if project.get("start_time"):
+                body["start_time"] = project["start_time"]
+            try:
+                target = _send(client, "POST", "/sessions", body).json()
+            except LangSmithConflictError:  # the id belongs to another project on the target
+                del body["id"]
+                target = _send(client, "POST", "/sessions", body).json()
+            counts["projects_created"] += 1
+        elif fields:
+            target = _send(client, "PATCH", f"/sessions/{existing['id']}", fields).json()
+        else:
+            target = existing
+        if target["id"] != project["id"]:
+            counts["projects_remapped"] += 1
+            ctx.log.warning("langsmith: project %s is %s on the target (%s in the backup): its runs and "
+                            "feedback are restored there", name, target["id"], project["id"])
+        links = [key for key in ("reference_dataset_id", "default_dataset_id") if project.get(key)]
+        if links:
+            ctx.log.info("langsmith: project %s: %s not restored (datasets are not part of the backup)",
+                         name, " and ".join(links))
+        counts["projects"] += 1
+        return target["id"]
+
+    def _restore_batch(self, ctx: RestoreContext, hook: LangSmithHook, item: str, batch: list[dict[str, Any]],
+                       project_ids: dict[str, str], counts: dict[str, int]) -> None:
+        """Create the batch's runs the target lacks (parents first), then their missing feedback."""
+        from langsmith.utils import LangSmithConflictError
+
+        client = hook.get_conn()
+        batch.sort(key=lambda run: run["dotted_order"])
+        ids = [run["id"] for run in batch]
+        with _sdk_deprecations_silenced():
+            present = {str(run.id) for run in client.list_runs(run_ids=ids, select=["id"])}
+        new = [run for run in batch if run["id"] not in present]
+        unknown = next((run for run in new if run.get("session_id") not in project_ids), None)
+        if unknown is not None:
+            raise ComponentError(self.name, item,
+                                 f"runs.json: run {unknown['id']} belongs to project "
+                                 f"{unknown.get('session_id')}, which projects.json does not list")
+        try:
+            hook.ingest_runs([_run_payload(run, project_ids) for run in new])
+        except Exception as exc:
+            if not _is_api_error(exc):
+                raise
+            raise ComponentError(self.name, item, f"LangSmith API at {hook.api_url}: could not create runs "
+                                 f"{new[0]['id']} .. {new[-1]['id']}: {hook.describe_error(exc)}") from exc
+        counts["runs"] += len(new)
+        counts["runs_present"] += len(batch) - len(new)
+        counts["traces"] += sum(run.get("parent_run_id") is None for run in new)
+
+        stored = {str(record.id) for record in client.list_feedback(run_ids=ids)}
+        for run in batch:
+            for record in run.get("feedback") or ():
+                if record["id"] in stored:
+                    counts["feedback_present"] += 1
+                    continue
+                try:
+                    _send(client, "POST", "/feedback", _feedback_payload(record, run, project_ids))
+                except LangSmithConflictError:
+                    counts["feedback_present"] += 1
+                else:
+                    counts["feedback"] += 1
+
+    def verify_restore(self, ctx: RestoreContext, item: str) -> list[str]:
+        problems: list[str] = []
+        entry = ctx.item(item)
+        projects = _backup_projects(ctx, item)
+        start, end = _backup_interval(ctx, item)
+        per_project = entry["details"].get("runs_per_project") or {}
+        sample = max(1, int(self.config.get("verify_sample", 100)))
+        step = max(1, -(-int(entry["counts"].get("runs", 0)) // sample))  # every step-th run of runs.json
+        with self.hook() as hook, self._api_errors(hook, item):
+            client = hook.get_conn()
+            project_ids: dict[str, str] = {}
+            for project in projects:
+                name = project["name"]
+                found = _find_project(client, name)
+                if found is None:
+                    problems.append(f"project {name} missing")
+                    continue
+                project_ids[project["id"]] = found["id"]
+                for key, want, got in (
+                        ("description", project.get("description"), found.get("description")),
+                        ("metadata", (project.get("extra") or {}).get("metadata"),
+                         (found.get("extra") or {}).get("metadata"))):
+                    if want is not None and got != want:
+                        problems.append(f"project {name}: its {key} differs from projects.json")
+                runs = _count(self._runs(client, found["id"], start, end, ("id",)))
+                if runs != per_project.get(name, 0):
+                    problems.append(f"project {name}: {runs} run(s) started between {start.isoformat()} and "
+                                    f"{end.isoformat()}, {per_project.get(name, 0)} in the backup")
+
+            sampled: list[dict[str, Any]] = []
+            missing_feedback: list[str] = []
+            index = 0
+            for batch in _batches(_backup_runs(ctx, item), 100):
+                for run in batch:
+                    if index % step == 0:
+                        sampled.append(run)
+                    index += 1
+                stored = {str(record.id) for record in client.list_feedback(run_ids=[r["id"] for r in batch])}
+                missing_feedback += [record["id"] for run in batch for record in run.get("feedback") or ()
+                                     if record["id"] not in stored]
+            if missing_feedback:
+                problems.append(f"{len(missing_feedback)} feedback record(s) of runs.json missing on the "
+                                f"target (first: {missing_feedback[0]})")
+            problems += self._compare_sample(client, sampled, project_ids)
+        return problems
+
+    @staticmethod
+    def _compare_sample(client, sampled: list[dict[str, Any]], project_ids: dict[str, str]) -> list[str]:
+        """The differences between these backed-up runs and the target's, field by field."""
+        problems = []
+        for start in range(0, len(sampled), 100):
+            chunk = sampled[start:start + 100]
+            with _sdk_deprecations_silenced():
+                listed = client.list_runs(run_ids=[run["id"] for run in chunk], select=list(RUN_FIELDS))
+                found = {str(run.id): run.model_dump(mode="json", exclude=RUN_EXCLUDE) for run in listed}
+            for run in chunk:
+                restored = found.get(run["id"])
+                if restored is None:
+                    problems.append(f"run {run['id']} ({run['name']}) missing")
+                    continue
+                expected = {**run, "session_id": project_ids.get(run["session_id"], run["session_id"])}
+                differ = [key for key in RUN_VERIFY_FIELDS if restored.get(key) != expected.get(key)]
+                if differ:
+                    problems.append(f"run {run['id']} ({run['name']}): {', '.join(differ)} "
+                                    "differ from runs.json")
+        return problems
+
+    @contextmanager
+    def _api_errors(self, hook: LangSmithHook, item: str) -> Iterator[None]:
+        """Turn API errors into a :class:`ComponentError` naming the API URL and the cause."""
+        try:
+            yield
+        except ComponentError:
+            raise
+        except Exception as exc:
+            if not _is_api_error(exc):
+                raise
+            raise ComponentError(self.name, item,
+                                 f"LangSmith API at {hook.api_url}: {hook.describe_error(exc)}") from exc
+
 
 def interval(ctx: BackupContext) -> tuple[datetime, datetime, str]:
     """``(start, end, source)`` of the runs to back up: the data interval, or the 24 hours before the
@@ -210,6 +448,78 @@ def _parse_time(value: Any) -> datetime | None:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _backup_projects(ctx: RestoreContext, item: str) -> list[dict[str, Any]]:
+    """The projects of ``projects.json`` (a small file)."""
+    return json.loads(b"".join(ctx.read(ctx.artifact(item, "projects.json"))))
+
+
+def _backup_interval(ctx: RestoreContext, item: str) -> tuple[datetime, datetime]:
+    """``(start, end)`` of the runs the backup holds, from its manifest."""
+    window = ctx.item(item)["details"]["interval"]
+    return _parse_time(window["start"]), _parse_time(window["end"])
+
+
+def _backup_runs(ctx: RestoreContext, item: str) -> Iterator[dict[str, Any]]:
+    """The runs of ``runs.json.zst``, one line decoded at a time."""
+    pending = b""
+    for chunk in ctx.read(ctx.artifact(item, "runs.json.zst")):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (json.loads(line) for line in lines if line.strip())
+    if pending.strip():
+        yield json.loads(pending)
+
+
+def _batches(runs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """``size`` consecutive runs at a time, never cut between two runs that started at the same instant
+    (the file is oldest first: a child that started with its parent stays in its batch), up to ten times
+    ``size``."""
+    batch: list[dict[str, Any]] = []
+    for run in runs:
+        if len(batch) >= size and (run["start_time"] != batch[-1]["start_time"] or len(batch) >= 10 * size):
+            yield batch
+            batch = []
+        batch.append(run)
+    if batch:
+        yield batch
+
+
+def _count(items: Iterable[Any]) -> int:
+    return sum(1 for _ in items)
+
+
+def _find_project(client, name: str) -> dict[str, Any] | None:
+    """The target's project of that name, as ``GET /sessions`` describes it, or ``None``."""
+    found = client.request_with_retries("GET", "/sessions", params={"name": name, "limit": 1}).json()
+    return next((project for project in found if project.get("name") == name), None)
+
+
+def _send(client, method: str, path: str, body: dict[str, Any]):
+    """A JSON request through the SDK's session (its retries, headers and error classes)."""
+    return client.request_with_retries(method, path, request_kwargs={"data": json.dumps(body).encode()})
+
+
+def _run_payload(run: dict[str, Any], project_ids: dict[str, str]) -> dict[str, Any]:
+    """The create payload of a backed-up run, into the target's project."""
+    payload = {key: run[key] for key in RUN_CREATE_FIELDS if run.get(key) is not None}
+    payload["session_id"] = project_ids[run["session_id"]]
+    return payload
+
+
+def _feedback_payload(record: dict[str, Any], run: dict[str, Any],
+                      project_ids: dict[str, str]) -> dict[str, Any]:
+    """The ``POST /feedback`` body of a backed-up feedback record (the SDK's ``FeedbackCreate``)."""
+    from langsmith import schemas
+
+    fields = {key: record[key] for key in FEEDBACK_CREATE_FIELDS if record.get(key) is not None}
+    fields.update(run_id=record.get("run_id"), trace_id=record.get("trace_id"))
+    source = record.get("feedback_source") or {"type": "api"}
+    session = record.get("session_id") or run["session_id"]
+    feedback = schemas.FeedbackCreate(**fields, feedback_source=schemas.FeedbackSourceBase(**source),
+                                      session_id=project_ids.get(session, session))
+    return feedback.model_dump(mode="json", exclude_none=True)
 
 
 @contextmanager

@@ -204,9 +204,40 @@ class GrafanaHook(BaseHook):
                 return None
             raise
 
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        expected: tuple[int, ...] = (200,),
+        disable_provenance: bool = False,
+    ) -> Any:
+        """A write (``POST``, ``PUT``, ``PATCH``, ``DELETE``) with a JSON body; never retried.
+
+        :param body: the JSON body, or ``None`` for none.
+        :param expected: the statuses that count as success.
+        :param disable_provenance: send ``X-Disable-Provenance: true`` (alerting provisioning API): the
+            objects written stay editable in Grafana's UI instead of being marked as provisioned.
+        :raises GrafanaError: as :meth:`request`.
+        """
+        headers = {"X-Disable-Provenance": "true"} if disable_provenance else None
+        kwargs: dict[str, Any] = {"headers": headers}
+        if body is not None:
+            kwargs["json"] = body
+        return self.request(method, path, expected=expected, **kwargs)
+
     def health(self) -> dict[str, Any]:
         """``GET /api/health``: ``version``, ``commit`` and ``database`` (``ok``); needs no credentials."""
         return self.get("/api/health") or {}
+
+    def answers(self) -> bool:
+        """Whether a server answers ``GET /api/health`` at all (any HTTP status counts as an answer)."""
+        try:
+            self.health()
+        except GrafanaError as exc:
+            return exc.status is not None
+        return True
 
     def server_version(self) -> str | None:
         return self.health().get("version")

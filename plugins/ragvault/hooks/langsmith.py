@@ -1,9 +1,11 @@
-"""LangSmith hook: a ``langsmith.Client`` for reading projects, runs and feedback, with bounded retries."""
+"""LangSmith hook: a ``langsmith.Client`` for projects, runs and feedback, with bounded retries."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
@@ -22,12 +24,14 @@ class LangSmithHook(BaseHook):
     ``host`` and ``port``, or as a full URL in ``host`` (``https://langsmith.example.com/api/v1``); the
     API key as its ``password``; and optionally ``workspace_id`` in its extra, for org-scoped keys.
 
-    The client is built for reading: it starts no background tracing thread, ignores the tracing and
-    OpenTelemetry settings of the environment, and retries through the SDK's own retry configuration (a
-    urllib3 ``Retry`` mounted on its session): connection errors and HTTP 408/425/429/5xx answers are
-    retried up to ``max_retries`` times with exponential backoff, honouring ``Retry-After`` but never
-    sleeping longer than ``max_backoff`` seconds at a time. Use the hook as a context manager, or call
-    :meth:`close`, to release the client.
+    The client reads, and writes back exactly what it is given: it starts no background tracing thread,
+    ignores the tracing and OpenTelemetry settings of the environment, and neither hides, anonymises nor
+    samples runs, nor adds this machine's runtime to them, whatever the ``LANGSMITH_HIDE_*`` or sampling
+    variables say (a restore must send the backed-up runs unchanged). It retries through the SDK's own
+    retry configuration (a urllib3 ``Retry`` mounted on its session): connection errors and HTTP
+    408/425/429/5xx answers are retried up to ``max_retries`` times with exponential backoff, honouring
+    ``Retry-After`` but never sleeping longer than ``max_backoff`` seconds at a time. Use the hook as a
+    context manager, or call :meth:`close`, to release the client.
 
     :param langsmith_conn_id: the Airflow connection id.
     :param timeout: seconds allowed to read each answer.
@@ -59,6 +63,7 @@ class LangSmithHook(BaseHook):
         self.backoff_factor = backoff_factor
         self.max_backoff = max_backoff
         self._client = None
+        self._ingest_errors: list[Exception] = []
 
     @cached_property
     def connection(self):
@@ -110,11 +115,44 @@ class LangSmithHook(BaseHook):
                 workspace_id=self.workspace_id,
                 retry_config=self.retry_config(),
                 timeout_ms=(int(self.connect_timeout * 1000), int(self.timeout * 1000)),
-                auto_batch_tracing=False,  # no background tracing thread: this client only reads
+                auto_batch_tracing=False,  # no background tracing thread: runs are sent by ingest_runs
                 tracing_mode="langsmith",  # not OpenTelemetry, whatever LANGSMITH_TRACING_MODE says
                 disable_prompt_cache=True,
+                # Runs go back as they were backed up, whatever the environment asks of a tracer.
+                hide_inputs=False,
+                hide_outputs=False,
+                hide_metadata=False,
+                omit_traced_runtime_info=True,
+                tracing_sampling_rate=1.0,
+                tracing_error_callback=self._ingest_errors.append,
             )
         return self._client
+
+    def ingest_runs(self, runs: Sequence[dict[str, Any]]) -> None:
+        """Create runs through the SDK's batch ingestion (``POST /runs/batch``, split at the server's size
+        limit), and raise the first error.
+
+        The SDK only logs a failed batch, as a tracer should; a restore must fail instead. A run the
+        server already holds is answered ``409 Conflict``, which the SDK passes over: the server keeps
+        one copy. The payloads are consumed (the SDK rewrites them).
+
+        :param runs: run create payloads, each with ``id``, ``trace_id``, ``dotted_order`` and the
+            project's ``session_id``.
+        """
+        if not runs:
+            return
+        client = self.get_conn()
+        self._ingest_errors.clear()
+        sdk_log = logging.getLogger("langsmith.client")
+        sdk_log.addFilter(_drop_batch_failures)  # raised below, not logged twice (and never with a key)
+        try:
+            client.batch_ingest_runs(create=list(runs))
+        finally:
+            sdk_log.removeFilter(_drop_batch_failures)
+        if self._ingest_errors:
+            error = self._ingest_errors[0]
+            self._ingest_errors.clear()
+            raise error
 
     def close(self) -> None:
         """Close the client's HTTP session and unregister its exit handler."""
@@ -155,3 +193,8 @@ class LangSmithHook(BaseHook):
             # the SDK's masked form: the first 5 and last 2 characters around asterisks
             text = re.sub(re.escape(key[:5]) + r"\*+" + re.escape(key[-2:]), "***", text)
         return f"{type(cause).__name__}: {text[:1000]}"
+
+
+def _drop_batch_failures(record: logging.LogRecord) -> bool:
+    """A logging filter: the SDK's "Failed to batch ingest runs" warnings, which ingest_runs raises."""
+    return not str(record.msg).startswith("Failed to batch ingest runs")

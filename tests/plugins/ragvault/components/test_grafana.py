@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from devstack.grafana_emulator import make_server
-from devstack.seed_grafana import seed_grafana
-from ragvault.components.base import ComponentError
+from devstack.seed_grafana import FOLDERS, seed_grafana
+from ragvault.components.base import BackupContext, ComponentError
 from ragvault.components.grafana import GrafanaComponent
 from ragvault.config import load_settings
 from ragvault.crypto import SCHEME, Cipher
@@ -446,3 +446,395 @@ def test_bad_token_names_the_401(grafana, connect, make_settings, context):
     assert "HTTP 401" in message and "Invalid API key" in message
     assert f"{grafana.url}/api/folders" in message and conn_id in message
     assert "not-the-token" not in message
+
+
+# -- restore -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_target(monkeypatch, target_settings, tmp_path):
+    """``with restore_target() as (target, restorer)``: a blank private emulator on grafana_target."""
+
+    @contextmanager
+    def start(name: str = "target") -> Iterator[tuple[Grafana, GrafanaComponent]]:
+        with emulator(tmp_path / name) as target:
+            conn = {"conn_type": "http", "host": "127.0.0.1", "port": target.port, "password": TOKEN}
+            monkeypatch.setenv("AIRFLOW_CONN_GRAFANA_TARGET", json.dumps(conn))
+            yield target, GrafanaComponent(target_settings("grafana", "grafana_target"))
+
+    return start
+
+
+def provisioning(grafana: Grafana, kind: str):
+    return grafana.get(f"{PROVISIONING}/{kind}")
+
+
+def without(value: dict, *keys: str) -> dict:
+    return {key: item for key, item in value.items() if key not in keys}
+
+
+def folder_tree(grafana: Grafana) -> set[tuple]:
+    uids = [hit["uid"] for hit in grafana.get("/api/search", type="dash-folder", limit=5000)]
+    folders = [grafana.get(f"/api/folders/{uid}") for uid in uids]
+    return {(f["uid"], f["title"], f.get("parentUid")) for f in folders}
+
+
+def comparable_dashboard(grafana: Grafana, uid: str) -> tuple[dict, str]:
+    answer = grafana.get(f"/api/dashboards/uid/{uid}")
+    return without(answer["dashboard"], "id", "version"), answer["meta"]["folderUid"]
+
+
+def comparable_library_panels(grafana: Grafana) -> dict[str, dict]:
+    elements = grafana.get("/api/library-elements", perPage=100)["result"]["elements"]
+    return {
+        e["uid"]: {
+            **without(e, "id", "folderId", "version", "meta"),
+            "connected": e["meta"]["connectedDashboards"],
+        }
+        for e in elements
+    }
+
+
+def public_settings(point: dict) -> dict:
+    """A contact point without provenance and without the secrets the API shows as [REDACTED]."""
+    settings = {k: v for k, v in point["settings"].items() if v != "[REDACTED]"}
+    return {**without(point, "provenance"), "settings": settings}
+
+
+def test_restore_onto_a_blank_grafana_gives_the_source_state(
+    grafana, connect, make_settings, backed_up, restore_context, restore_target, caplog
+):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    manifest = backed_up(GrafanaComponent(make_settings(connect(grafana.port, password=TOKEN))))
+    with restore_target() as (target, restorer):
+        ctx = restore_context(manifest, "grafana", restorer.settings)
+        assert restorer.restore_items(ctx.section) == ["all"]
+        blank = restorer.inspect_target(ctx, "all")
+        assert blank["holds_data"] is False
+        assert "holds no dashboards, folders, data sources or alert rules" in blank["what"]
+
+        counts = restorer.restore(ctx, "all")
+        assert counts == {
+            "folders": 5,
+            "datasources": 2,
+            "library_panels": 3,
+            "dashboards": 6,
+            "templates": 1,
+            "mute_timings": 1,
+            "contact_points": 2,
+            "rule_groups": 1,
+            "alert_rules": 3,
+            "policies": 1,
+            "secrets_to_reenter": 3,  # two data sources, one webhook password
+        }
+
+        # Every dashboard: the same JSON once id and version are set aside, in the same folder uid.
+        uids = grafana.dashboard_uids()
+        assert target.dashboard_uids() == uids and len(uids) == 6
+        for uid in uids:
+            assert comparable_dashboard(target, uid) == comparable_dashboard(grafana, uid), uid
+        # The same nested folders: uid, title, parentUid.
+        assert folder_tree(target) == folder_tree(grafana) == set(FOLDERS)
+        # Data sources, secure fields aside: those cannot come from the API export.
+        for uid in ("rv-prometheus", "rv-loki"):
+            restored = target.get(f"/api/datasources/uid/{uid}")
+            source = grafana.get(f"/api/datasources/uid/{uid}")
+            assert without(restored, "id", "version", "secureJsonFields") == without(
+                source, "id", "version", "secureJsonFields"
+            )
+            assert restored["secureJsonFields"] == {} != source["secureJsonFields"]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        secrets = next(m for m in warnings if "data sources need their secrets re-entered" in m)
+        assert "Prometheus (ragvault) (rv-prometheus): basicAuthPassword, httpHeaderValue1" in secrets
+        assert "Loki (ragvault) (rv-loki): httpHeaderValue1" in secrets
+        webhook = next(m for m in warnings if "contact points need their secure settings re-entered" in m)
+        assert "rag-oncall (rv-cp-oncall-webhook): password" in webhook
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "seeded-prometheus-password" not in logged and "seeded-webhook-password" not in logged
+        assert comparable_library_panels(target) == comparable_library_panels(grafana)
+
+        # Alerting: rules (uids, group and interval), contact points, policies, mute timings, templates.
+        rules = lambda g: {r["uid"]: without(r, "id", "updated") for r in provisioning(g, "alert-rules")}  # noqa: E731
+        assert rules(target) == rules(grafana) and len(rules(target)) == 3
+        group = target.get(f"{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo")
+        assert group["interval"] == 60
+        assert [r["uid"] for r in group["rules"]] == [
+            r["uid"] for r in grafana.get(f"{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo")["rules"]
+        ]
+        points = lambda g: sorted(map(public_settings, provisioning(g, "contact-points")), key=str)  # noqa: E731
+        assert points(target) == points(grafana) and len(points(target)) == 2
+        assert sorted(p["name"] for p in provisioning(target, "contact-points")) == [
+            "grafana-default-email",  # the blank target's own default integration was replaced, not doubled
+            "rag-oncall",
+        ]
+        assert provisioning(target, "policies") == provisioning(grafana, "policies")
+        assert provisioning(target, "mute-timings") == provisioning(grafana, "mute-timings")
+        assert provisioning(target, "templates") == provisioning(grafana, "templates")
+
+        assert restorer.verify_restore(ctx, "all") == []
+
+        # Editable in the UI: nothing carries a provenance, and a change marked as a UI edit is accepted
+        # (Grafana refuses it, HTTP 403, on an object provisioned through the API).
+        for kind in ("alert-rules", "contact-points", "mute-timings", "templates"):
+            assert all("provenance" not in entry for entry in provisioning(target, kind)), kind
+        assert "provenance" not in provisioning(target, "policies")
+        rule = target.get(f"{PROVISIONING}/alert-rules/rv-rule-qdrant-down")
+        edited = target.session.put(
+            f"{target.url}{PROVISIONING}/alert-rules/rv-rule-qdrant-down",
+            json={**rule, "title": "Qdrant down (edited)"},
+            headers={"X-Disable-Provenance": "true"},
+            timeout=10,
+        )
+        assert edited.status_code == 200, edited.text
+        assert restorer.verify_restore(ctx, "all") == [
+            "alert rule rv-rule-qdrant-down: title: "
+            '"Qdrant down (edited)" on the target, '
+            '"Qdrant unreachable" in the backup'
+        ]
+
+        restorer.restore(ctx, "all")
+        assert restorer.verify_restore(ctx, "all") == []
+        held = restorer.inspect_target(ctx, "all")
+        assert held["holds_data"] is True
+        assert "6 dashboards, 5 folders, 2 data sources, 3 alert rules" in held["what"]
+
+
+def test_restore_over_data_replaces_it_without_duplicates(
+    grafana, connect, make_settings, backed_up, restore_context, restore_target, caplog
+):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    manifest = backed_up(GrafanaComponent(make_settings(connect(grafana.port, password=TOKEN))))
+    with restore_target() as (target, restorer):
+        # The target holds the same objects (with their secrets), then changed, and one of its own.
+        seed_grafana(target.url, TOKEN)
+        home = target.get("/api/dashboards/uid/rv-d-home")["dashboard"]
+        target.post(
+            "/api/dashboards/db", {"dashboard": {**home, "title": "Home (changed)"}, "overwrite": True}
+        )
+        target.post("/api/dashboards/db", {"dashboard": {"uid": "target-only", "title": "Target only"}})
+        target.post("/api/folders/rv-quality/move", {"parentUid": ""})
+        assert target.session.put(
+            f"{target.url}/api/folders/rv-storage", json={"title": "Disks", "overwrite": True}, timeout=10
+        ).ok
+        loki = target.get("/api/datasources/uid/rv-loki")
+        assert target.session.put(
+            f"{target.url}/api/datasources/uid/rv-loki",
+            json={**loki, "url": "http://elsewhere:3100"},
+            timeout=10,
+        ).ok
+        ctx = restore_context(manifest, "grafana", restorer.settings)
+        held = restorer.inspect_target(ctx, "all")
+        assert held["holds_data"] is True
+        assert "7 dashboards, 5 folders, 2 data sources, 3 alert rules" in held["what"]
+
+        problems = restorer.verify_restore(ctx, "all")
+        assert {
+            'dashboard rv-d-home: dashboard.title: "Home (changed)" on the target, '
+            '"RAG Stack Overview" in the backup',
+            'folder rv-quality: parentUid: null on the target, "rv-retrieval" in the backup',
+            'folder rv-storage: title: "Disks" on the target, "Storage" in the backup',
+            'data source rv-loki: url: "http://elsewhere:3100" on the target, "http://127.0.0.1:3100" in the '
+            "backup",
+        } <= set(problems), problems
+        assert sum(p.startswith("library panel ") and p.endswith("is missing") for p in problems) == 2
+        assert any(p.startswith("contact point 'grafana-default-email' has an integration") for p in problems)
+
+        for _ in range(2):  # restoring again changes nothing
+            counts = restorer.restore(ctx, "all")
+            assert counts["dashboards"] == 6
+            assert counts["secrets_to_reenter"] == 0  # the target kept the secrets it had
+            assert restorer.verify_restore(ctx, "all") == []
+
+        assert target.dashboard_uids() == grafana.dashboard_uids() | {"target-only"}  # left in place
+        assert folder_tree(target) == set(FOLDERS)
+        assert comparable_dashboard(target, "rv-d-home") == comparable_dashboard(grafana, "rv-d-home")
+        assert len(target.get("/api/datasources")) == 2
+        assert target.get("/api/datasources/uid/rv-loki")["url"] == "http://127.0.0.1:3100"
+        assert target.get("/api/datasources/uid/rv-loki")["secureJsonFields"] == {"httpHeaderValue1": True}
+        assert comparable_library_panels(target) == comparable_library_panels(grafana)
+        assert len(provisioning(target, "alert-rules")) == 3
+        assert sorted(p["uid"] for p in provisioning(target, "contact-points")) == sorted(
+            p["uid"] for p in provisioning(grafana, "contact-points")
+        )
+        assert len(provisioning(target, "mute-timings")) == len(provisioning(target, "templates")) == 1
+        assert any(
+            "not in the backup (left in place): dashboards: target-only" in r.getMessage()
+            for r in caplog.records
+        )
+
+        # A change on the target after the restore is named by the verification.
+        slo = target.get("/api/dashboards/uid/rv-d-platform-slo")["dashboard"]
+        slo["panels"][0]["title"] = "Renamed panel"
+        target.post("/api/dashboards/db", {"dashboard": slo, "folderUid": "rv-platform", "overwrite": True})
+        problems = restorer.verify_restore(ctx, "all")
+        assert len(problems) == 1 and problems[0].startswith(
+            'dashboard rv-d-platform-slo: dashboard.panels[0].title: "Renamed panel" on the target'
+        ), problems
+
+
+def free_port() -> int:
+    with socket.socket() as probe:  # a port nobody listens on: Grafana is stopped
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_restore_files_onto_a_stopped_grafana(
+    grafana, connect, make_settings, backed_up, restore_context, backup_date, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="ragvault")
+    source = make_settings(
+        connect(grafana.port, password=TOKEN),
+        config_path=str(grafana.data_dir),
+        db_path=str(grafana.data_dir),
+    )
+    manifest = backed_up(GrafanaComponent(source))
+    stopped = tmp_path / "stopped"
+    with emulator(stopped):  # a Grafana that ran once and was stopped: its empty grafana.db and grafana.ini
+        pass
+    old_db, old_ini = (stopped / "grafana.db").read_bytes(), (stopped / "grafana.ini").read_bytes()
+    (stopped / "grafana.db-wal").write_bytes(b"a write-ahead log left by the old database")
+    restorer = GrafanaComponent(
+        make_settings(
+            connect(free_port(), password=TOKEN),
+            restore_files=True,
+            db_path=str(stopped),
+            config_path=str(stopped / "grafana.ini"),
+        )
+    )
+    ctx = restore_context(manifest, "grafana", restorer.settings)
+    before = restorer.inspect_target(ctx, "all")
+    assert before["holds_data"] is False
+    assert f"{stopped / 'grafana.db'} holds no dashboards" in before["what"]
+    assert f"grafana.db.ragvault-{backup_date}.bak" in before["what"]
+
+    assert restorer.restore(ctx, "all") == {"files": 2, "dashboards": 6}
+    restored = sqlite3.connect(stopped / "grafana.db")
+    try:
+        assert restored.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        uids = {row[0] for row in restored.execute("SELECT uid FROM dashboard WHERE is_folder = 0")}
+        secrets = restored.execute(
+            "SELECT secure_json_data FROM data_source WHERE uid = 'rv-loki'"
+        ).fetchone()[0]
+    finally:
+        restored.close()
+    assert uids == grafana.dashboard_uids()
+    assert set(json.loads(secrets)) == {"httpHeaderValue1"}  # the database carries the secrets
+    assert (stopped / "grafana.ini").read_bytes() == (grafana.data_dir / "grafana.ini").read_bytes()
+    # The previous files are kept; the old database's WAL moved with it, away from the restored one.
+    assert (stopped / f"grafana.db.ragvault-{backup_date}.bak").read_bytes() == old_db
+    assert (stopped / f"grafana.ini.ragvault-{backup_date}.bak").read_bytes() == old_ini
+    assert (stopped / f"grafana.db.ragvault-{backup_date}.bak-wal").read_bytes().startswith(b"a write-ahead")
+    assert sorted(path.name for path in stopped.iterdir()) == sorted(
+        [
+            "grafana.db",
+            "grafana.ini",
+            f"grafana.db.ragvault-{backup_date}.bak",
+            f"grafana.db.ragvault-{backup_date}.bak-wal",
+            f"grafana.ini.ragvault-{backup_date}.bak",
+        ]
+    )  # no temporary file left, no -wal beside the restored database
+    assert restorer.verify_restore(ctx, "all") == []  # Grafana stopped: the files against the backup's bytes
+    after = restorer.inspect_target(ctx, "all")
+    assert (
+        after["holds_data"] is True
+        and "6 dashboards, 5 folders, 2 data sources, 3 alert rules" in after["what"]
+    )
+
+    # Restoring again keeps the first .bak: the files as they were before any restore.
+    restorer.restore(ctx, "all")
+    assert (stopped / f"grafana.db.ragvault-{backup_date}.bak").read_bytes() == old_db
+
+    (stopped / "grafana.ini").write_text("[server]\nhttp_port = 3001\n")
+    problems = restorer.verify_restore(ctx, "all")
+    assert len(problems) == 1 and problems[0].startswith(f"grafana.ini: {stopped / 'grafana.ini'} (")
+    assert "is not the backup's" in problems[0]
+
+    # Grafana started on the restored grafana.db serves the backup's state, data source secrets included;
+    # the verification then goes through its API.
+    with emulator(stopped) as started:
+        assert started.dashboard_uids() == grafana.dashboard_uids()
+        assert started.get("/api/datasources/uid/rv-prometheus")["secureJsonFields"] == {
+            "basicAuthPassword": True,
+            "httpHeaderValue1": True,
+        }
+        running = GrafanaComponent(
+            make_settings(connect(started.port, password=TOKEN), restore_files=True, db_path=str(stopped))
+        )
+        assert running.verify_restore(restore_context(manifest, "grafana", running.settings), "all") == []
+
+
+def test_restore_files_refuses_while_grafana_runs(
+    grafana, connect, make_settings, backed_up, restore_context, tmp_path
+):
+    manifest = backed_up(
+        GrafanaComponent(make_settings(connect(grafana.port, password=TOKEN), db_path=str(grafana.data_dir)))
+    )
+    target = tmp_path / "data"
+    target.mkdir()
+    restorer = GrafanaComponent(
+        make_settings(connect(grafana.port, password=TOKEN), restore_files=True, db_path=str(target))
+    )
+    ctx = restore_context(manifest, "grafana", restorer.settings)
+    assert f"Grafana answers at {grafana.url}: stop it first" in restorer.inspect_target(ctx, "all")["what"]
+    with pytest.raises(ComponentError) as failure:
+        restorer.restore(ctx, "all")
+    message = str(failure.value)
+    assert f"Grafana answers GET {grafana.url}/api/health: stop Grafana before restoring" in message
+    assert list(target.iterdir()) == []  # nothing written
+
+
+def test_restore_files_needs_files_in_the_backup(
+    grafana, connect, make_settings, backed_up, restore_context, tmp_path
+):
+    manifest = backed_up(GrafanaComponent(make_settings(connect(grafana.port, password=TOKEN))))
+    data = tmp_path / "data"
+    data.mkdir()
+    restorer = GrafanaComponent(
+        make_settings(connect(free_port(), password=TOKEN), restore_files=True, db_path=str(data))
+    )
+    with pytest.raises(ComponentError, match="holds neither grafana.db nor grafana.ini") as failure:
+        restorer.restore(restore_context(manifest, "grafana", restorer.settings), "all")
+    assert "restore_files: false" in str(failure.value)
+    assert list(data.iterdir()) == []
+
+
+def test_a_damaged_database_is_refused_before_it_replaces_the_old_one(
+    connect, make_settings, repo, backup_date, restore_context, tmp_path
+):
+    # A backup whose grafana.db is not a database (its artifact is otherwise sound: right size and sha256).
+    ctx = BackupContext(repo=repo, date=backup_date, component="grafana", run={"run_id": "test"})
+    with ctx.open_artifact("grafana.db", compression="zstd") as writer:
+        writer.write(b"SQLite format 3\x00" + os.urandom(8192))
+    result = ctx.result(
+        "all", counts={}, artifacts=[writer.artifact], details={"grafana_db": "online backup"}
+    )
+    manifest = repo.build_manifest(backup_date, [result], {"run_id": "test", "at": "now"})
+    repo.commit_manifest(manifest)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "grafana.db").write_bytes(b"the old database")
+    restorer = GrafanaComponent(
+        make_settings(connect(free_port(), password=TOKEN), restore_files=True, db_path=str(data))
+    )
+    with pytest.raises(ComponentError) as failure:
+        restorer.restore(restore_context(manifest, "grafana", restorer.settings), "all")
+    assert failure.value.item == "grafana.db"
+    assert "the restored grafana.db" in str(failure.value)
+    assert [path.name for path in data.iterdir()] == ["grafana.db"]  # untouched, no temporary file left
+    assert (data / "grafana.db").read_bytes() == b"the old database"
+
+
+def test_json_arrays_are_read_item_by_item_across_chunk_boundaries(grafana):
+    from ragvault.components.grafana import _json_items
+
+    folders = grafana.get("/api/folders")
+    text = json.dumps(folders, indent=1, ensure_ascii=False).encode()
+    for size in (1, 3, 7, len(text)):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(_json_items(chunks, "folders.json")) == folders
+    assert list(_json_items([b" [ ] \n"], "empty.json")) == []
+    assert list(_json_items([b"[1", b'23, "\xc3', b'\xa9"]'], "split.json")) == [123, "é"]
+    for broken in (b'{"a": 1}', b"[1, 2", b"[1 2]", b"[1] x"):
+        with pytest.raises(ComponentError, match="broken.json"):
+            list(_json_items([broken], "broken.json"))

@@ -4,6 +4,8 @@ The module seeds projects of its own (a unique name prefix) over three days of a
 test uses, backs up the middle day, reads what was uploaded back from MinIO and checks it against the
 seeded data set and against what the SDK reads from the server. Rate limiting is played by a small local
 HTTP proxy in front of the emulator that answers chosen requests with 429/503 before forwarding the rest.
+The restore tests put that backup onto a private emulator (a blank workspace on a free port) and compare
+both servers' projects, runs and feedback.
 """
 
 from __future__ import annotations
@@ -58,14 +60,24 @@ def ls_hook(isolated_env):
 
 @pytest.fixture(scope="module")
 def seeded(ls_hook):
-    """Three days of seeded traces in projects of our own, plus single runs on the middle day's edges."""
+    """Three days of seeded traces in projects of our own, plus single runs on the middle day's edges.
+
+    The traces are sent like an application sends them (the SDK adds its runtime and environment to each
+    run's ``extra``); the edge runs through the hook's client, which sends runs exactly as given (no
+    ``extra`` at all)."""
+    from langsmith import Client
+
     client = ls_hook.get_conn()
+    tracer = Client(api_url=ls_hook.api_url, api_key=ls_hook.api_key, auto_batch_tracing=False)
     prefix = f"rvtest-{uuid.uuid4().hex[:8]}-"
     day = dt.date(2045, 1, 1) + dt.timedelta(days=random.randrange(0, 5000))
     days = [day - dt.timedelta(days=1), day, day + dt.timedelta(days=1)]
-    counts = seed_langsmith(client, days, prefix=prefix, traces_per_day=TRACES_PER_DAY)
-    # Seeding is idempotent: the second time changes nothing (the tests below see no duplicate).
-    assert seed_langsmith(client, days, prefix=prefix, traces_per_day=TRACES_PER_DAY) == counts
+    try:
+        counts = seed_langsmith(tracer, days, prefix=prefix, traces_per_day=TRACES_PER_DAY)
+        # Seeding is idempotent: the second time changes nothing (the tests below see no duplicate).
+        assert seed_langsmith(tracer, days, prefix=prefix, traces_per_day=TRACES_PER_DAY) == counts
+    finally:
+        tracer.close(timeout=0)
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     end = start + dt.timedelta(days=1)
     edges = {
@@ -159,7 +171,8 @@ def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config
         assert {f: run[f] for f in TREE_FIELDS} == {f: stored[f] for f in TREE_FIELDS}
         sent = expected[run["id"]]
         assert (run["inputs"], run["error"], run["tags"]) == (sent["inputs"], sent.get("error"), sent["tags"])
-        assert (sent.get("extra") or {}).get("metadata", {}).items() <= run["extra"]["metadata"].items()
+        sent_metadata = (sent.get("extra") or {}).get("metadata", {})
+        assert sent_metadata.items() <= run["extra"].get("metadata", {}).items()
         assert run["parent_run_id"] == sent.get("parent_run_id")
     by_id = {run["id"]: run for run in runs}
     nested = [r for r in runs if by_id.get(r["parent_run_id"] or "", {}).get("parent_run_id")]
@@ -424,3 +437,250 @@ def test_hook_reads_the_api_url_key_and_workspace_from_the_connection(monkeypatc
     assert hook._client is None
     assert LangSmithHook("ls_parts").api_url == "https://ls.internal:8443"
     assert LangSmithHook("ls_empty").api_url == DEFAULT_API_URL
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+# The backup of the seeded middle day (our three projects) is restored onto a private emulator started on
+# a free port with its own data directory: a blank workspace, reached through connection langsmith_target.
+
+
+@pytest.fixture
+def blank_target(tmp_path, monkeypatch):
+    """A private, empty LangSmith emulator as connection ``langsmith_target``; yields a hook on it."""
+    from devstack.langsmith_emulator import make_server
+
+    key = f"lsv2_pt_target{uuid.uuid4().hex}"
+    server = make_server("127.0.0.1", 0, str(tmp_path / "langsmith-target"), api_key=key)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="langsmith-target", daemon=True)
+    thread.start()
+    connection_to(monkeypatch, "langsmith_target", server.server_address[1], key)
+    try:
+        with LangSmithHook("langsmith_target") as hook:
+            yield hook
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@pytest.fixture
+def langsmith_backup(make_config, repo, backup_date, seeded):
+    """The committed backup of our projects' middle day: ``(manifest, result, runs)``."""
+    from ragvault.repository import utcnow_iso
+
+    settings = settings_for(make_config, projects=[f"{seeded['prefix']}*"])
+    ctx = BackupContext(repo=repo, date=backup_date, component="langsmith", run={
+        "run_id": "test", "logical_date": seeded["start"].isoformat(),
+        "data_interval_start": seeded["start"].isoformat(), "data_interval_end": seeded["end"].isoformat()})
+    result = LangSmithComponent(settings).backup(ctx, None)
+    manifest = repo.build_manifest(backup_date, [result], {"run_id": "test", "at": utcnow_iso()})
+    repo.commit_manifest(manifest)
+    _, runs = read_back(repo, result)
+    assert result.counts["projects"] == 3 and len(runs) == result.counts["runs"] > 200
+    return manifest, result, runs
+
+
+def project_named(client, name: str) -> dict:
+    found = client.request_with_retries("GET", "/sessions", params={"name": name}).json()
+    assert len(found) == 1, f"{len(found)} projects named {name}"
+    return found[0]
+
+
+def run_ids_of(client, project_id: str) -> list[str]:
+    return [str(run.id) for run in client.list_runs(project_id=project_id, select=["id"])]
+
+
+def feedback_of(client, run_ids: list[str]) -> list[dict]:
+    records = [record.model_dump(mode="json") for start in range(0, len(run_ids), 100)
+               for record in client.list_feedback(run_ids=run_ids[start:start + 100])]
+    return sorted(records, key=lambda record: record["id"])
+
+
+def tree(run) -> dict:
+    dumped = run.model_dump(mode="json")
+    return {field: dumped[field] for field in TREE_FIELDS}
+
+
+def test_restore_onto_a_blank_workspace_gives_back_projects_runs_and_feedback(
+        langsmith_backup, blank_target, restore_context, target_settings, ls_hook, seeded):
+    manifest, result, runs = langsmith_backup
+    source, target = ls_hook.get_conn(), blank_target.get_conn()
+    restorer = LangSmithComponent(target_settings("langsmith", "langsmith_target"))
+    ctx = restore_context(manifest, "langsmith", restorer.settings)
+    assert restorer.restore_items(ctx.section) == ["all"]
+    assert restorer.inspect_target(ctx, "all") == {
+        "holds_data": False, "what": "none of the 3 backed-up project(s) exists on the target"}
+
+    counts = restorer.restore(ctx, "all")
+
+    assert counts == {"projects": 3, "projects_created": 3, "projects_remapped": 0,
+                      "runs": result.counts["runs"], "runs_present": 0, "traces": result.counts["traces"],
+                      "feedback": result.counts["feedback"], "feedback_present": 0}
+    # Projects: the same ids, descriptions, metadata and times.
+    kept = ("id", "name", "description", "extra", "start_time", "end_time")
+    for name, data in seeded["projects"].items():
+        restored = project_named(target, name)
+        original = project_named(source, name)
+        assert {k: restored[k] for k in kept} == {k: original[k] for k in kept}
+        assert (restored["description"], restored["extra"]["metadata"]) == (data.description, data.metadata)
+    # Runs: exactly the backed-up ones in each project, each with its tree and content as the source has it.
+    for name in seeded["projects"]:
+        project_id = project_named(source, name)["id"]
+        backed_up = {run["id"] for run in runs if run["session_id"] == project_id}
+        restored = run_ids_of(target, project_id)
+        assert len(restored) == len(set(restored)) == len(backed_up) > 0 and set(restored) == backed_up
+    for run in runs:
+        assert tree(target.read_run(run["id"])) == tree(source.read_run(run["id"])), run["id"]
+    by_id = {run["id"]: run for run in runs}
+    assert any(by_id.get(run["parent_run_id"] or "", {}).get("parent_run_id") for run in runs)  # 3 deep
+    # extra comes back as it was: the application's runtime where it had one, nothing added where not.
+    traced = [run for run in runs if not run["name"].startswith("edge-")]
+    assert traced and all(run["extra"]["runtime"]["sdk"] == "langsmith-py" for run in traced)
+    assert target.read_run(seeded["edges"]["at_start"]["id"]).extra == {}
+    assert any(run["status"] == "error" for run in runs) and any(run["events"] for run in runs)
+    # Feedback: every record, with its id, key, score, source and creation time.
+    ids = [run["id"] for run in runs]
+    restored_feedback = feedback_of(target, ids)
+    assert len(restored_feedback) == result.counts["feedback"] > 0
+    assert restored_feedback == feedback_of(source, ids)
+
+    assert restorer.verify_restore(ctx, "all") == []
+    inspected = restorer.inspect_target(ctx, "all")
+    assert inspected["holds_data"]
+    assert inspected["what"].startswith(
+        f"3 of the 3 backed-up project(s) exist on the target, holding {len(runs)} run(s) started between")
+
+    # Restoring again over the restored workspace duplicates nothing: every run and record is already there.
+    again = restorer.restore(ctx, "all")
+    assert again == {"projects": 3, "projects_created": 0, "projects_remapped": 0, "runs": 0,
+                     "runs_present": len(runs), "traces": 0, "feedback": 0,
+                     "feedback_present": result.counts["feedback"]}
+    restored = [run_id for name in seeded["projects"]
+                for run_id in run_ids_of(target, project_named(target, name)["id"])]
+    assert sorted(restored) == sorted(ids)
+    assert feedback_of(target, ids) == restored_feedback
+    assert restorer.verify_restore(ctx, "all") == []
+
+    # The verification names what changes on the target: an extra run in the interval, a lost feedback
+    # record, a changed project description, a changed run.
+    chatbot = project_named(target, f"{seeded['prefix']}rag-chatbot")
+    extra_run = edge_run(chatbot["name"], "added", seeded["start"] + dt.timedelta(hours=12))
+    target.batch_ingest_runs(create=[extra_run])
+    lost = restored_feedback[0]
+    target.delete_feedback(lost["id"])
+    evals = project_named(target, f"{seeded['prefix']}nightly-evals")
+    target.update_project(evals["id"], description="edited on the target")
+    first = runs[0]  # the sample always holds the first run of runs.json
+    target.update_run(first["id"], outputs={"edited": True}, trace_id=first["trace_id"],
+                      dotted_order=first["dotted_order"],
+                      end_time=dt.datetime.fromisoformat(first["end_time"]))
+    problems = restorer.verify_restore(ctx, "all")
+    in_backup = result.details["runs_per_project"][chatbot["name"]]
+    assert problems == [
+        f"project {evals['name']}: its description differs from projects.json",
+        f"project {chatbot['name']}: {in_backup + 1} run(s) started between {seeded['start'].isoformat()} "
+        f"and {seeded['end'].isoformat()}, {in_backup} in the backup",
+        f"1 feedback record(s) of runs.json missing on the target (first: {lost['id']})",
+        f"run {first['id']} ({first['name']}): outputs differ from runs.json",
+    ]
+
+
+def test_a_project_the_target_holds_under_another_id_receives_the_runs(
+        langsmith_backup, blank_target, restore_context, target_settings, ls_hook, seeded):
+    manifest, result, runs = langsmith_backup
+    source, target = ls_hook.get_conn(), blank_target.get_conn()
+    name = f"{seeded['prefix']}nightly-evals"
+    there = target.create_project(name, description="made on the target", metadata={"env": "dr-site"})
+    restorer = LangSmithComponent(target_settings("langsmith", "langsmith_target"))
+    ctx = restore_context(manifest, "langsmith", restorer.settings)
+    assert restorer.inspect_target(ctx, "all") == {
+        "holds_data": True,
+        "what": f"1 of the 3 backed-up project(s) exist on the target, holding 0 run(s) started between "
+                f"{seeded['start'].isoformat()} and {seeded['end'].isoformat()} ({name}: 0); the runs "
+                "already there are kept, the others added"}
+
+    counts = restorer.restore(ctx, "all")
+
+    assert (counts["projects"], counts["projects_created"], counts["projects_remapped"]) == (3, 2, 1)
+    assert counts["runs"] == len(runs) and counts["feedback"] == result.counts["feedback"]
+    restored = project_named(target, name)
+    assert restored["id"] == str(there.id) != project_named(source, name)["id"]
+    assert restored["description"] == seeded["projects"][name].description
+    assert restored["extra"]["metadata"] == seeded["projects"][name].metadata
+    evals = [run for run in runs if run["session_id"] == project_named(source, name)["id"]]
+    assert sorted(run_ids_of(target, restored["id"])) == sorted(run["id"] for run in evals)
+    assert all(record["session_id"] == restored["id"]
+               for record in feedback_of(target, [run["id"] for run in evals]))
+    assert restorer.verify_restore(ctx, "all") == []
+
+
+def test_runs_are_sent_in_batches_parents_before_children(langsmith_backup, blank_target, restore_context,
+                                                          make_config, monkeypatch):
+    manifest, result, runs = langsmith_backup
+    with Proxy(blank_target.api_url) as proxy:
+        connection_to(monkeypatch, "langsmith_target_proxy", proxy.port, blank_target.api_key)
+        restorer = LangSmithComponent(settings_for(make_config, "langsmith_target_proxy", restore_batch=25))
+        counts = restorer.restore(restore_context(manifest, "langsmith", restorer.settings), "all")
+    assert counts["runs"] == len(runs)
+    batches = [json.loads(body)["post"] for method, path, status, body in proxy.log
+               if (method, path, status) == ("POST", "/runs/batch", 202)]
+    sent = [run["id"] for batch in batches for run in batch]
+    assert sorted(sent) == sorted(run["id"] for run in runs)  # each run once
+    assert len(batches) >= len(runs) // 250
+    assert sum(len(batch) == 25 for batch in batches) >= len(batches) // 2
+    for batch in batches:
+        assert [run["dotted_order"] for run in batch] == sorted(run["dotted_order"] for run in batch)
+    position = {run_id: index for index, run_id in enumerate(sent)}
+    children = [run for run in runs if run["parent_run_id"] in position]
+    assert children and all(position[run["parent_run_id"]] < position[run["id"]] for run in children)
+    # the runs the target already holds are asked by id, a batch at a time, not sent again
+    assert proxy.count("POST", "/runs/query") == len(batches)
+
+
+def test_a_rejected_batch_fails_the_restore_naming_the_runs_and_the_cause(
+        langsmith_backup, blank_target, restore_context, make_config, monkeypatch):
+    manifest, _, runs = langsmith_backup
+    reject = lambda method, path, seen: 422 if path == "/runs/batch" and seen == 1 else None  # noqa: E731
+    with Proxy(blank_target.api_url, reject) as proxy:
+        connection_to(monkeypatch, "langsmith_target_proxy", proxy.port, blank_target.api_key)
+        restorer = LangSmithComponent(settings_for(make_config, "langsmith_target_proxy"))
+        with pytest.raises(ComponentError) as failure:
+            restorer.restore(restore_context(manifest, "langsmith", restorer.settings), "all")
+    message = str(failure.value)
+    assert message.startswith("langsmith[all]: LangSmith API at http://127.0.0.1:")
+    assert "could not create runs" in message and "422" in message
+    assert blank_target.api_key[:5] not in message
+    assert proxy.count("POST", "/runs/batch", 422) == 1  # a 422 is not retried
+    # the first batch went in, nothing after the rejected one
+    assert len(run_ids_of(blank_target.get_conn(), runs[0]["session_id"])) == 100
+
+
+def test_restore_batches_are_never_cut_between_runs_that_started_together():
+    from ragvault.components.langsmith import _batches
+
+    def run(number: int, start: str) -> dict:
+        return {"id": f"run-{number}", "start_time": f"2045-01-01T00:00:0{start}"}
+
+    runs = [run(0, "0"), run(1, "1"), run(2, "2"), run(3, "2"), run(4, "2"), run(5, "3"), run(6, "4")]
+    assert [[r["id"] for r in batch] for batch in _batches(iter(runs), 2)] == [
+        ["run-0", "run-1"], ["run-2", "run-3", "run-4"], ["run-5", "run-6"]]
+    # ten times the batch size at most, whatever the ties
+    tied = [run(n, "5") for n in range(25)]
+    assert [len(batch) for batch in _batches(tied, 2)] == [20, 5]
+    assert [len(batch) for batch in _batches(runs, 100)] == [7]
+
+
+def test_an_unreachable_target_fails_the_inspection_naming_it(langsmith_backup, restore_context, make_config,
+                                                              monkeypatch):
+    manifest, _, _ = langsmith_backup
+    port = free_port()
+    connection_to(monkeypatch, "langsmith_nowhere", port, "lsv2_pt_nowhere0123456789abcdef")
+    restorer = LangSmithComponent(settings_for(make_config, "langsmith_nowhere", max_retries=1,
+                                               backoff_seconds=0.01))
+    ctx = restore_context(manifest, "langsmith", restorer.settings)
+    expected = rf"^langsmith\[all\]: LangSmith API at http://127\.0\.0\.1:{port}: .*Connection refused"
+    for step in (restorer.inspect_target, restorer.restore, restorer.verify_restore):
+        with pytest.raises(ComponentError, match=expected) as failure:
+            step(ctx, "all")
+        assert "lsv2_" not in str(failure.value)

@@ -10,6 +10,19 @@
 - :func:`inlined_secrets`: where a parsed document writes a secret literally (by key name), never showing
   the value.
 
+And for the restore:
+
+- :func:`path_under` and :func:`configured_file`: where a backed-up file goes back, checked before
+  anything is written (a file of a folder never lands outside that folder).
+- :func:`write_atomic` (and :func:`write_symlink`): a file streamed into a temporary file in its folder,
+  fsynced, then moved over the old one with ``os.replace``; the file replaced is kept beside it as
+  ``<name>.ragvault-<backup date>.bak`` (see :func:`keep_previous`); a file that already holds the
+  backup's bytes is left as it is.
+- :func:`describe_targets`, :func:`restore_files`, :func:`verify_files`: the inspection, the restore and
+  the verification of a list of :class:`RestoreTarget` (an artifact and the file it goes back to), shared
+  by the file-based components; :func:`files_left_alone` names the files of a folder a restore did not
+  touch.
+
 Their failures raise :class:`FileProblem`, whose message names the file; the components turn it into a
 :class:`~ragvault.components.base.ComponentError`.
 """
@@ -17,20 +30,26 @@ Their failures raise :class:`FileProblem`, whose message names the file; the com
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ragvault.config import Settings, select
 from ragvault.repository import Artifact, MiB
+
+if TYPE_CHECKING:
+    from ragvault.components.base import RestoreContext
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +106,15 @@ def _visible(name: str, hidden: bool) -> bool:
     return name not in SKIPPED_NAMES and (hidden or not name.startswith("."))
 
 
+#: ``<name>.ragvault-<date>.bak``: a file a restore replaced, kept beside the restored one
+KEPT_COPY = re.compile(r".+\.ragvault-\d{4}-\d{2}-\d{2}\.bak")
+
+
+def is_kept_copy(name: str) -> bool:
+    """Whether ``name`` is a copy a restore kept (``prompts.yaml.ragvault-2025-09-22.bak``)."""
+    return KEPT_COPY.fullmatch(name) is not None
+
+
 def walk_files(root: Path, include: Iterable[str] | None = (), exclude: Iterable[str] | None = (), *,
                hidden: bool = False, links_outside: bool = False,
                logger: logging.Logger | None = None) -> list[SourceFile]:
@@ -94,9 +122,10 @@ def walk_files(root: Path, include: Iterable[str] | None = (), exclude: Iterable
 
     Patterns are ``fnmatch`` patterns on the relative path (``*`` also matches ``/``): ``*.yaml`` keeps
     every YAML file at any depth, ``drafts/*`` drops a folder. Hidden files and folders (``.git``,
-    ``.env``, Kubernetes' ``..data``) and ``__pycache__`` are skipped unless ``hidden``. A symbolic link
-    to a file outside ``root`` is skipped with a warning unless ``links_outside`` (a Hugging Face
-    snapshot folder links every file to ``../../blobs``).
+    ``.env``, Kubernetes' ``..data``) and ``__pycache__`` are skipped unless ``hidden``, and so are the
+    copies a restore kept (``*.ragvault-<date>.bak``). A symbolic link to a file outside ``root`` is
+    skipped with a warning unless ``links_outside`` (a Hugging Face snapshot folder links every file to
+    ``../../blobs``).
     """
     logger = logger or log
     if not root.exists():
@@ -121,6 +150,9 @@ def walk_files(root: Path, include: Iterable[str] | None = (), exclude: Iterable
                 continue
             path = here / name
             rel = path.relative_to(top).as_posix()
+            if is_kept_copy(name):
+                logger.info("%s: a copy kept by a restore, left out", rel)
+                continue
             if path.is_symlink() and not links_outside and not path.resolve().is_relative_to(top):
                 logger.warning("%s: symbolic link to a file outside %s, skipped", rel, root)
                 continue
@@ -304,3 +336,396 @@ def inlined_secrets(document: Any) -> list[str]:
                     found.append(f"{here} ({match[1]}=...)")
                 stack.append((value, here))
     return sorted(found)
+
+
+# -- restoring --------------------------------------------------------------------------------------------
+
+#: the mode of a file a restore creates when nothing says otherwise (the backup does not record modes)
+NEW_FILE_MODE = 0o644
+#: the mode of a restored file that holds secrets (``.env``)
+PRIVATE_FILE_MODE = 0o600
+#: differences :func:`verify_files` lists one by one before summing up the rest
+MAX_LISTED = 20
+
+
+def clean_relative(rel: str, label: str | None = None) -> str:
+    """``rel`` if it is a clean relative POSIX path (no ``..``, ``.`` or empty part, not absolute)."""
+    if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise FileProblem(f"{label or rel}: {rel!r} is not a clean relative path")
+    return rel
+
+
+def path_under(root: Path, rel: str, *, follow_links: bool = False, label: str | None = None) -> Path:
+    """Where the file ``rel`` of a backed-up folder goes back under ``root``.
+
+    The folders on the way are resolved (symbolic links followed) and must stay inside ``root``; the
+    file itself is not followed: a symbolic link found in its place is replaced by the file. With
+    ``follow_links`` every link is followed wherever it leads, as the backup read them (a Hugging Face
+    snapshot's links to its blobs).
+    """
+    label = label or rel
+    path = root / clean_relative(rel, label)
+    if follow_links:
+        found = _resolved(path, label)
+    else:
+        parent = _resolved(path.parent, label)
+        if not parent.is_relative_to(_resolved(root, label)):
+            raise FileProblem(f"{label}: {path.parent} leads to {parent}, outside {root}: not written")
+        found = parent / path.name
+    if found.is_dir() and not found.is_symlink():
+        raise FileProblem(f"{label}: {found} is a directory, the backup holds a file")
+    return found
+
+
+def _resolved(path: Path, label: str) -> Path:
+    """``path`` with its symbolic links followed; a loop of links is a :class:`FileProblem`."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise FileProblem(f"{label}: cannot resolve {path} ({exc})") from None
+
+
+def configured_file(path: Path, label: str) -> Path:
+    """A configured file's path as a restore writes it: a symbolic link is followed (the backup read
+    through it), so the file it points to gets the restored bytes and the link stays."""
+    found = _resolved(path, label)
+    if found.is_dir():
+        raise FileProblem(f"{label}: {path} is a directory, the backup holds a file")
+    return found
+
+
+def kept_copy_path(path: Path, date: str) -> Path:
+    """``<name>.ragvault-<date>.bak`` beside ``path``: where the file a restore replaces is kept."""
+    return path.with_name(f"{path.name}.ragvault-{date}.bak")
+
+
+def keep_previous(path: Path, date: str) -> tuple[Path, bool]:
+    """Keep the file (or link) at ``path`` as its ``.ragvault-<date>.bak`` before it is replaced.
+
+    A hard link: the old file stays in place until ``os.replace`` swaps the new one in, and costs no
+    space (a copy where hard links are not possible). A ``.bak`` already there (an earlier restore of the
+    same backup) is left as it is: it holds what was there before the first restore. Returns the copy's
+    path and whether this call made it.
+    """
+    copy = kept_copy_path(path, date)
+    if os.path.lexists(copy):
+        return copy, False
+    try:
+        os.link(path, copy, follow_symlinks=False)
+    except OSError:
+        if path.is_symlink():
+            os.symlink(os.readlink(path), copy)
+        else:
+            shutil.copy2(path, copy)
+    return copy, True
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _regular(path: Path) -> os.stat_result | None:
+    """The file's status when ``path`` is a regular file (not a link), else None."""
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return status if stat.S_ISREG(status.st_mode) else None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What writing one file did."""
+
+    path: Path
+    #: ``created``, ``replaced`` or ``unchanged`` (the file held the backup's bytes already)
+    outcome: str
+    size: int
+    #: the ``.ragvault-<date>.bak`` that holds the file replaced
+    kept: Path | None = None
+    #: whether that copy was made now (False: an earlier restore of the same backup made it)
+    kept_now: bool = False
+    #: the mode set on a file that was otherwise unchanged
+    mode_set: int | None = None
+
+    def describe(self) -> str:
+        if self.outcome == "replaced":
+            where = f"the previous file kept as {self.kept.name}" if self.kept_now else \
+                f"{self.kept.name} (kept by an earlier restore of this backup) left as it is"
+            return f"replaced, {where}"
+        if self.outcome == "unchanged":
+            return "unchanged (it held the backup's bytes)" + (
+                f", mode set to {self.mode_set:04o}" if self.mode_set is not None else "")
+        return "created"
+
+
+def _set_mode(path: Path, mode: int | None, status: os.stat_result) -> int | None:
+    if mode is None or stat.S_IMODE(status.st_mode) == mode:
+        return None
+    os.chmod(path, mode)
+    return mode
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes], *, date: str, mode: int | None = None,
+                 expected_sha256: str | None = None, expected_size: int | None = None,
+                 label: str | None = None) -> Written:
+    """Write ``chunks`` to ``path`` atomically: never a half-written file, the old one kept.
+
+    The bytes go to a temporary file in the same folder (created with mode 0600, so a secret is never
+    readable by others on the way), which is fsynced, given its mode and owner, and moved over ``path``
+    with ``os.replace``. The file it replaces is kept as ``<name>.ragvault-<date>.bak``. A file that
+    already holds these bytes is left in place (only its mode set, when ``mode`` is given); with
+    ``expected_sha256`` that is checked before ``chunks`` is read at all, and bytes that do not match it
+    are refused.
+
+    :param mode: the file's permission bits; ``None`` keeps the mode of the file replaced
+        (:data:`NEW_FILE_MODE` for a new one).
+    """
+    label = label or str(path)
+    try:
+        previous = os.stat(path, follow_symlinks=False) if os.path.lexists(path) else None
+    except OSError as exc:
+        raise FileProblem(f"{label}: cannot look at {path} ({exc.strerror or exc})") from None
+    if previous is not None and stat.S_ISDIR(previous.st_mode):
+        raise FileProblem(f"{label}: {path} is a directory, the backup holds a file")
+    regular = previous is not None and stat.S_ISREG(previous.st_mode)
+    try:
+        if (regular and expected_sha256 and (expected_size is None or previous.st_size == expected_size)
+                and file_sha256(path) == expected_sha256):
+            return Written(path, "unchanged", previous.st_size, mode_set=_set_mode(path, mode, previous))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.ragvault-", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise FileProblem(f"{label}: cannot write in {path.parent} ({exc.strerror or exc})") from None
+    staged = Path(temporary)
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out:
+            iterator = iter(chunks)
+            while True:
+                try:
+                    chunk = next(iterator, None)
+                except Exception as exc:  # the repository's or the decryption's error, named with the file
+                    raise FileProblem(f"{label}: cannot read it from the backup: {type(exc).__name__}: "
+                                      f"{exc}") from exc
+                if chunk is None:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if expected_sha256 and digest.hexdigest() != expected_sha256:
+            raise FileProblem(f"{label}: the bytes read from the backup (sha256 {digest.hexdigest()[:12]}) "
+                              f"differ from the manifest's ({expected_sha256[:12]}): not written")
+        if regular and previous.st_size == size and file_sha256(path) == digest.hexdigest():
+            return Written(path, "unchanged", size, mode_set=_set_mode(path, mode, previous))
+        if regular and (previous.st_uid, previous.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.chown(staged, previous.st_uid, previous.st_gid)
+            except PermissionError:
+                log.warning("%s: cannot give the restored file the owner of the one it replaces (%d:%d)",
+                            label, previous.st_uid, previous.st_gid)
+        os.chmod(staged, mode if mode is not None else
+                 stat.S_IMODE(previous.st_mode) if regular else NEW_FILE_MODE)
+        kept, kept_now = keep_previous(path, date) if previous is not None else (None, False)
+        os.replace(staged, path)
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise FileProblem(f"{label}: cannot write {path} ({exc.strerror or exc})") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    return Written(path, "replaced" if previous is not None else "created", size, kept, kept_now)
+
+
+def write_symlink(path: Path, target: str, *, date: str, label: str | None = None) -> Written:
+    """Make ``path`` a symbolic link to ``target`` atomically (a link made beside it, then moved over it),
+    what was there kept as ``<name>.ragvault-<date>.bak``; a link to ``target`` already there is left."""
+    label = label or str(path)
+    try:
+        if path.is_symlink() and os.readlink(path) == target:
+            return Written(path, "unchanged", 0)
+        previous = os.path.lexists(path)
+        if path.is_dir() and not path.is_symlink():
+            raise FileProblem(f"{label}: {path} is a directory, the backup holds a link")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.ragvault-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        os.symlink(target, staged)
+        try:
+            kept, kept_now = keep_previous(path, date) if previous else (None, False)
+            os.replace(staged, path)
+        finally:
+            if os.path.lexists(staged):
+                staged.unlink()
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise FileProblem(f"{label}: cannot make the link {path} ({exc.strerror or exc})") from None
+    return Written(path, "replaced" if previous else "created", 0, kept, kept_now)
+
+
+def files_left_alone(root: Path, restored: Iterable[str]) -> list[str]:
+    """The files under ``root`` (relative paths, sorted) that are not among ``restored``: a restore leaves
+    them in place. Hidden files, ``__pycache__`` and the copies restores kept are not counted."""
+    if not root.is_dir():
+        return []
+    done = set(restored)
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if _visible(d, False))
+        for name in filenames:
+            if _visible(name, False) and not is_kept_copy(name):
+                rel = (here / name).relative_to(root).as_posix()
+                if rel not in done:
+                    found.append(rel)
+    return sorted(found)
+
+
+def check_free_space(needs: Iterable[tuple[Path, int]], label: str) -> None:
+    """Refuse, before anything is written, a restore whose files do not fit where they go.
+
+    ``needs``: ``(path, bytes)`` of each file to write; a file already there with that size is not
+    counted (it is most likely unchanged). The old files stay as ``.bak`` copies, so nothing is freed.
+    """
+    per_device: dict[int, tuple[Path, int]] = {}
+    for path, size in needs:
+        status = _regular(path)
+        if status is not None and status.st_size == size:
+            continue
+        anchor = path.parent
+        while not anchor.exists() and anchor != anchor.parent:
+            anchor = anchor.parent
+        device = anchor.stat().st_dev
+        where, total = per_device.get(device, (anchor, 0))
+        per_device[device] = (where, total + size)
+    for where, total in per_device.values():
+        free = shutil.disk_usage(where).free
+        if free < total:
+            raise FileProblem(f"{label}: {where} has {free} bytes free, the restore needs {total}: nothing "
+                              "was written")
+
+
+class ChunkStream(io.RawIOBase):
+    """A readable binary file over an iterator of byte chunks (to hand a streamed artifact to tarfile)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        super().__init__()
+        self._chunks = iter(chunks)
+        self._chunk = b""
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._offset >= len(self._chunk):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._chunk, self._offset = chunk, 0
+        size = min(len(buffer), len(self._chunk) - self._offset)
+        buffer[:size] = self._chunk[self._offset:self._offset + size]
+        self._offset += size
+        return size
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """One artifact of a backup and the file it goes back to."""
+
+    #: how messages name it: the artifact's path under ``<date>/<component>/``
+    label: str
+    artifact: dict[str, Any]
+    #: where it is written, already checked (:func:`path_under`, :func:`configured_file`)
+    path: Path
+    #: its permission bits; None keeps the replaced file's (0644 for a new file)
+    mode: int | None = None
+
+
+def describe_targets(where: str, targets: list[RestoreTarget]) -> dict[str, Any]:
+    """``inspect_target``'s answer for files: holds data when any of them exists, saying how many."""
+    existing = sum(os.path.lexists(t.path) for t in targets)
+    if not existing:
+        return {"holds_data": False, "what": f"{where}: none of the {len(targets)} files exists"}
+    return {"holds_data": True,
+            "what": f"{where}: {existing} of the {len(targets)} files exist and would be replaced "
+                    "(kept as .ragvault-<date>.bak when they differ)"}
+
+
+def restore_files(ctx: RestoreContext, component: str, targets: list[RestoreTarget]) -> dict[str, int]:
+    """Write every target back (see :func:`write_atomic`), logging each; return the counts.
+
+    Counts: ``files``, ``bytes``, and how many were ``created``, ``replaced`` (the old file kept as a
+    ``.bak``) or ``unchanged``.
+    """
+    counts = {"files": 0, "bytes": 0, "created": 0, "replaced": 0, "unchanged": 0}
+    total = sum(int(t.artifact.get("raw_size") or 0) for t in targets)
+    for number, target in enumerate(targets, 1):
+        artifact = target.artifact
+        written = write_atomic(target.path, ctx.read(artifact), date=ctx.date, mode=target.mode,
+                               expected_sha256=artifact.get("raw_sha256"),
+                               expected_size=artifact.get("raw_size"), label=target.label)
+        counts["files"] += 1
+        counts["bytes"] += written.size
+        counts[written.outcome] += 1
+        ctx.log.info("%s: %d/%d %s -> %s: %s (%d bytes; %d of %d bytes done)", component, number,
+                     len(targets), target.label, target.path, written.describe(), written.size,
+                     counts["bytes"], total)
+    return counts
+
+
+def same_bytes(ctx: RestoreContext, target: RestoreTarget) -> str | None:
+    """None when the file at ``target.path`` holds the artifact's bytes, else what differs.
+
+    Compared with the manifest's SHA-256 of the original bytes where it has one; an encrypted artifact
+    (no such checksum: it would reveal the secret's hash) is decrypted and compared, streamed.
+    """
+    try:
+        status = os.stat(target.path)
+    except FileNotFoundError:
+        return f"{target.label}: {target.path} does not exist"
+    if not stat.S_ISREG(status.st_mode):
+        return f"{target.label}: {target.path} is not a regular file"
+    artifact = target.artifact
+    if artifact.get("raw_size") is not None and status.st_size != artifact["raw_size"]:
+        return (f"{target.label}: {target.path} has {status.st_size} bytes, {artifact['raw_size']} in the "
+                "backup")
+    expected = artifact.get("raw_sha256")
+    if not expected:
+        digest = hashlib.sha256()
+        for chunk in ctx.read(artifact):
+            digest.update(chunk)
+        expected = digest.hexdigest()
+    if file_sha256(target.path) != expected:
+        return f"{target.label}: {target.path} differs from the backup (sha256)"
+    mode = stat.S_IMODE(status.st_mode)
+    if target.mode is not None and mode != target.mode:
+        return f"{target.label}: {target.path} has mode {mode:04o}, {target.mode:04o} expected"
+    return None
+
+
+def verify_files(ctx: RestoreContext, targets: list[RestoreTarget]) -> tuple[int, list[str]]:
+    """How many targets hold the backup's bytes, and the differences found (at most :data:`MAX_LISTED`
+    named, the rest counted)."""
+    problems = [p for p in (same_bytes(ctx, t) for t in targets) if p]
+    return len(targets) - len(problems), summarise(problems)
+
+
+def summarise(problems: list[str], limit: int = MAX_LISTED) -> list[str]:
+    """``problems``, the ones past ``limit`` summed up in one last line."""
+    if len(problems) <= limit:
+        return problems
+    return problems[:limit] + [f"... and {len(problems) - limit} more differences"]

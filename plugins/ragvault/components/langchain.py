@@ -22,6 +22,16 @@ uploaded (the message names each invalid file and why, with line and column for 
   the value itself.
 
 The manifest records how many files, bytes, LangChain objects and secret references were backed up.
+
+The restore (one item, ``all``) writes every file of the backup back under ``config_dir``, at its
+relative path, byte for byte: each one streamed into a temporary file in its folder, fsynced and moved
+over the old one (``os.replace``). A file that differs is replaced and kept beside it as
+``<name>.ragvault-<backup date>.bak``; one that already holds the backup's bytes is left as it is; files
+of ``config_dir`` the backup does not hold are left in place, and the log and the counts say how many.
+Every destination is checked before the first write: a folder on the way that leads outside
+``config_dir`` (a symbolic link) refuses the restore. A restored file gets the mode of the file it
+replaces, 0644 when it is new (the backup does not record modes). ``verify_restore`` compares every
+file's SHA-256 with the manifest's.
 """
 
 from __future__ import annotations
@@ -33,17 +43,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragvault.components.base import BackupContext, Component, ComponentError
+from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.components.files import (
     CONTENT_TYPES,
     FileProblem,
+    RestoreTarget,
     SourceFile,
+    check_free_space,
+    describe_targets,
+    files_left_alone,
     format_of,
     inlined_secrets,
     parse_document,
+    path_under,
     read_small,
     resolve_path,
+    restore_files,
     upload_file,
+    verify_files,
     walk_files,
 )
 from ragvault.repository import ItemResult, MiB, utcnow_iso
@@ -273,6 +290,49 @@ class LangChainComponent(Component):
                 "validated_with": _langchain_core_version(),
             },
         )
+
+    # -- restore --------------------------------------------------------------------------------------
+    def restore_targets(self, ctx: RestoreContext, item: str) -> tuple[Path, list[RestoreTarget]]:
+        """``config_dir`` and where each backed-up file goes back, every destination checked."""
+        root = self.root()
+        targets, problems = [], []
+        for rel, artifact in sorted(ctx.artifacts(item).items()):
+            try:
+                targets.append(RestoreTarget(rel, artifact, path_under(root, rel)))
+            except FileProblem as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ComponentError(self.name, item,
+                                 f"config_dir {root}: nothing was written: " + "; ".join(problems))
+        return root, targets
+
+    def inspect_target(self, ctx: RestoreContext, item: str) -> dict[str, Any]:
+        root, targets = self.restore_targets(ctx, item)
+        return describe_targets(f"config_dir {root}", targets)
+
+    def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        root, targets = self.restore_targets(ctx, item)
+        try:
+            check_free_space([(t.path, int(t.artifact.get("raw_size") or 0)) for t in targets],
+                             f"config_dir {root}")
+            counts = restore_files(ctx, self.name, targets)
+        except FileProblem as exc:
+            raise ComponentError(self.name, item, str(exc)) from None
+        left = files_left_alone(root, (t.label for t in targets))
+        if left:
+            ctx.log.info("langchain: %d files of %s are not in the backup and were left in place: %s",
+                         len(left), root, ", ".join(left))
+        ctx.log.info("langchain: %d files restored to %s: %d created, %d replaced, %d unchanged",
+                     counts["files"], root, counts["created"], counts["replaced"], counts["unchanged"])
+        return {**counts, "left_alone": len(left)}
+
+    def verify_restore(self, ctx: RestoreContext, item: str) -> list[str]:
+        root, targets = self.restore_targets(ctx, item)
+        equal, problems = verify_files(ctx, targets)
+        expected = ctx.item(item)["counts"].get("files", len(targets))
+        if equal != expected:
+            problems.append(f"{equal} of the backup's {expected} files are in {root} with its bytes")
+        return problems
 
 
 def _langchain_core_version() -> str:

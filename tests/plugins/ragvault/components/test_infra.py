@@ -277,3 +277,248 @@ def test_literal_secret_in_compose_is_reported_by_place(make_config, context, ke
     assert "$.services.db.environment[1] (POSTGRES_PASSWORD=...)" in caplog.text
     assert "OPENAI_API_KEY" not in caplog.text.split("writes secret values literally")[1].split("\n")[0]
     assert password not in caplog.text
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """``{relative path: (bytes, mode)}`` of the regular files under ``root``, kept copies aside."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o777)
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and ".ragvault-" not in p.name}
+
+
+@pytest.fixture
+def extras(tmp_path) -> dict[str, Path]:
+    """Files of ``extra_files``: a Kubernetes folder, an env file (encrypted) and a Dockerfile."""
+    k8s = tmp_path / "deploy" / "k8s"
+    (k8s / "base").mkdir(parents=True)
+    (k8s / "base" / "deployment.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\n")
+    (k8s / "kustomization.yaml").write_text("resources: [base/deployment.yaml]\n")
+    prod_env = tmp_path / "deploy" / "prod.env"
+    prod_env.write_text(f"PROD_TOKEN={SECRETS['LANGSMITH_API_KEY']}\n")
+    prod_env.chmod(0o600)
+    dockerfile = tmp_path / "deploy" / "Dockerfile"
+    dockerfile.write_text("FROM python:3.12-slim\n")
+    return {"k8s": k8s, "prod.env": prod_env, "Dockerfile": dockerfile}
+
+
+def test_restore_onto_a_blank_target_then_over_changed_files(make_config, backed_up, restore_context, key,
+                                                             stack, extras, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    conn_id, _ = key
+    (stack / "etl_scripts" / "ingest").chmod(0o750)
+    comp = component(make_config, conn_id, stack, extra_files=[str(p) for p in extras.values()])
+    manifest = backed_up(comp)
+    date = manifest["backup_date"]
+    scripts = {rel: (content, mode) for rel, (content, mode) in SCRIPTS.items()}
+    compose = (stack / "docker-compose.yaml").read_bytes()
+    deploy = tree(tmp_path / "deploy")
+    ctx = restore_context(manifest, "infra", comp.settings)
+    assert comp.restore_items(ctx.section) == ["all"]
+
+    # A blank target: every file gone.
+    shutil.rmtree(stack)
+    shutil.rmtree(tmp_path / "deploy")
+    assert comp.inspect_target(ctx, "all") == {"holds_data": False, "what": "none of the 11 files exists"}
+    counts = comp.restore(ctx, "all")
+    assert counts == {"files": 7, "bytes": sum(map(len, (compose, ENV_TEXT.encode(), *(c for c, _ in
+                                                                                        scripts.values()))))
+                      + sum(len(data) for data, _ in deploy.values()),
+                      "scripts": len(SCRIPTS), "links": 0, "extra_files": 4, "created": 6 + len(SCRIPTS),
+                      "replaced": 0, "unchanged": 0, "left_alone": 0}
+    assert (stack / "docker-compose.yaml").read_bytes() == compose
+    assert (stack / ".env").read_bytes() == ENV_TEXT.encode()
+    assert (stack / ".env").stat().st_mode & 0o777 == 0o600
+    assert tree(stack / "etl_scripts") == scripts  # the same tree, bytes and modes
+    assert tree(tmp_path / "deploy") == deploy  # prod.env (encrypted in the bucket) 0600, others 0644
+    assert comp.verify_restore(ctx, "all") == []
+    assert comp.inspect_target(ctx, "all")["what"].startswith("11 of the 11 files exist and would be "
+                                                              "replaced")
+
+    # Over changed files: each replaced one kept as .bak, files the backup does not hold left alone.
+    (stack / "docker-compose.yaml").write_text("services: {}\n")
+    (stack / ".env").write_text("OPENAI_API_KEY=sk-changed\n")
+    (stack / ".env").chmod(0o644)
+    (stack / "etl_scripts" / "sync" / "nightly_sync.sh").write_bytes(b"#!/bin/sh\necho changed\n")
+    (stack / "etl_scripts" / "ingest" / "chunk_and_embed.py").chmod(0o600)
+    (stack / "etl_scripts" / "README.md").unlink()
+    (stack / "etl_scripts" / "ingest" / "local_only.py").write_bytes(b"print('mine')\n")
+
+    problems = comp.verify_restore(ctx, "all")
+    assert f".env: {stack}/.env has 26 bytes, {len(ENV_TEXT.encode())} in the backup" in problems
+    assert f"etl_scripts.tar.gz: README.md: {stack}/etl_scripts/README.md does not exist" in problems
+    assert (f"etl_scripts.tar.gz: ingest/chunk_and_embed.py: {stack}/etl_scripts/ingest/chunk_and_embed.py "
+            "has mode 0600, 0755 in the archive") in problems
+    assert f"2 of the backup's {len(SCRIPTS)} scripts are in {stack}/etl_scripts with their bytes and modes" \
+        in problems
+    assert ".env: " + str(stack / ".env") + " defines 1 variables, 8 in the backup" in problems
+
+    caplog.clear()
+    counts = comp.restore(ctx, "all")
+    # created: README.md; replaced: compose, .env, nightly_sync.sh; a mode-only change: unchanged, mode set
+    assert (counts["created"], counts["replaced"], counts["unchanged"], counts["left_alone"]) == (1, 3, 7, 1)
+    assert "ingest/chunk_and_embed.py: unchanged (it held the backup's bytes), mode set to 0755" \
+        in caplog.text
+    assert (stack / "docker-compose.yaml").read_bytes() == compose
+    assert (stack / ".env").read_bytes() == ENV_TEXT.encode()
+    assert (stack / ".env").stat().st_mode & 0o777 == 0o600
+    assert tree(stack / "etl_scripts") == {**scripts, "ingest/local_only.py": (b"print('mine')\n", 0o644)}
+    assert (stack / f"docker-compose.yaml.ragvault-{date}.bak").read_text() == "services: {}\n"
+    assert (stack / f".env.ragvault-{date}.bak").read_text() == "OPENAI_API_KEY=sk-changed\n"
+    assert (stack / "etl_scripts" / "sync" / f"nightly_sync.sh.ragvault-{date}.bak").read_bytes() == \
+        b"#!/bin/sh\necho changed\n"
+    assert "1 files of" in caplog.text and "left in place: ingest/local_only.py" in caplog.text
+    assert f"the previous file kept as .env.ragvault-{date}.bak" in caplog.text
+    assert comp.verify_restore(ctx, "all") == []
+
+    # No value of the .env in the logs, the output or the returned counts.
+    places = caplog.text + "".join(capsys.readouterr()) + json.dumps(counts)
+    for name, value in SECRETS.items():
+        for part in {value, *value.split("\\n")} - {""}:
+            assert part not in places, f"the value of {name} was logged"
+
+
+def hand_made_backup(repo, date: str, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> dict:
+    """A backup of the infra component written by hand: a compose file and an archive of ``members``."""
+    ctx = BackupContext(repo=repo, date=date, component="infra", run={"run_id": "test"})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if data is not None else 0
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    artifacts = [ctx.put_artifact("docker-compose.yaml", b"services: {api: {image: acme/api}}\n"),
+                 ctx.put_artifact("etl_scripts.tar", buffer.getvalue(), compression="gzip",
+                                  content_type="application/x-tar")]
+    scripts = sum(info.isreg() or info.islnk() for info, _ in members)
+    result = ctx.result("all", counts={"files": 2, "scripts": scripts, "services": 1}, artifacts=artifacts)
+    return repo.build_manifest(date, [result], {"run_id": "test"})
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "",
+           mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, mode
+    return info
+
+
+SAFE = (member("ingest/ok.py", mode=0o755), b"print('ok')\n")
+
+
+@pytest.mark.parametrize(("evil", "refusal"), [
+    ((member("/tmp/ragvault-evil.sh"), b"x"), "member '/tmp/ragvault-evil.sh': an absolute path"),
+    ((member("../escape.sh"), b"x"), "member '../escape.sh': a '..' component"),
+    ((member("sync/../../escape.sh"), b"x"), "member 'sync/../../escape.sh': a '..' component"),
+    ((member("lib/etc", tarfile.SYMTYPE, "/etc"), None),
+     "member 'lib/etc': a symbolic link to the absolute path '/etc', outside the target"),
+    ((member("lib/up", tarfile.SYMTYPE, "../../../../etc"), None),
+     "member 'lib/up': a symbolic link to '../../../../etc', which leads outside the target"),
+    ((member("passwd", tarfile.LNKTYPE, "/etc/passwd"), None),
+     "member 'passwd': a hard link to '/etc/passwd' (an absolute path), outside the target"),
+    ((member("shadow", tarfile.LNKTYPE, "../outside.txt"), None),
+     "member 'shadow': a hard link to '../outside.txt' (a '..' component), outside the target"),
+    ((member("dev/null", tarfile.CHRTYPE), None), "member 'dev/null': a device file"),
+    ((member("queue", tarfile.FIFOTYPE), None), "member 'queue': a FIFO"),
+], ids=["absolute", "dotdot", "inner-dotdot", "symlink-absolute", "symlink-relative", "hardlink-absolute",
+        "hardlink-dotdot", "device", "fifo"])
+def test_an_unsafe_archive_is_refused_naming_the_member_with_nothing_written(
+        make_config, repo, backup_date, restore_context, key, tmp_path, evil, refusal):
+    conn_id, _ = key
+    target = tmp_path / "target"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n")
+    manifest = hand_made_backup(repo, backup_date, [SAFE, evil])
+    comp = component(make_config, conn_id, target)
+    ctx = restore_context(manifest, "infra", comp.settings)
+    with pytest.raises(ComponentError) as failure:
+        comp.restore(ctx, "all")
+    message = str(failure.value)
+    assert message.startswith("infra[all]: etl_scripts.tar.gz: refused, nothing was written: "
+                              "1 unsafe members: ")
+    assert refusal in message
+    assert not target.exists()  # not even the compose file, nor the safe script
+    assert outside.read_text() == "untouched\n"
+    assert not Path("/tmp/ragvault-evil.sh").exists() and not (tmp_path / "escape.sh").exists()
+
+
+def test_every_unsafe_member_is_named(make_config, repo, backup_date, restore_context, key, tmp_path):
+    conn_id, _ = key
+    manifest = hand_made_backup(repo, backup_date, [
+        SAFE,
+        (member("lib", tarfile.SYMTYPE, "sync"), None),
+        (member("lib/x.py"), b"x"),                      # written through a link of the archive
+        (member("twice.py"), b"1"), (member("twice.py"), b"2"),
+        (member("loop", tarfile.SYMTYPE, "loop"), None),
+        (member("hard.py", tarfile.LNKTYPE, "not/in/the/archive.py"), None),
+        (member("ingest/ok.py/inner.py"), b"x"),          # inside a file
+    ])
+    comp = component(make_config, conn_id, tmp_path / "target")
+    with pytest.raises(ComponentError) as failure:
+        comp.restore(restore_context(manifest, "infra", comp.settings), "all")
+    message = str(failure.value)
+    assert "5 unsafe members" in message
+    for expected in ("member 'lib/x.py': inside 'lib', which the archive makes a symlink",
+                     "member 'twice.py': appears twice in the archive",
+                     "member 'hard.py': a hard link to 'not/in/the/archive.py', which is not a file earlier "
+                     "in the archive",
+                     "member 'ingest/ok.py/inner.py': inside 'ingest/ok.py', which the archive makes a file",
+                     "member 'loop': a symbolic link to 'loop', which leads outside the target"):
+        assert expected in message
+    assert not (tmp_path / "target").exists()
+
+
+def test_a_folder_on_disk_that_leads_outside_is_refused(make_config, backed_up, restore_context, key, stack,
+                                                        tmp_path):
+    conn_id, _ = key
+    comp = component(make_config, conn_id, stack)
+    manifest = backed_up(comp)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(stack / "etl_scripts" / "sync")
+    (stack / "etl_scripts" / "sync").symlink_to(elsewhere)
+    compose_before = (stack / "docker-compose.yaml").read_bytes()
+    (stack / "docker-compose.yaml").write_text("services: {}\n")
+
+    with pytest.raises(ComponentError) as failure:
+        comp.restore(restore_context(manifest, "infra", comp.settings), "all")
+    message = str(failure.value)
+    assert "2 unsafe members" in message
+    assert (f"member 'sync/lib/common.py': {stack}/etl_scripts/sync/lib/common.py resolves outside "
+            f"{stack}/etl_scripts (through a symbolic link on disk)") in message
+    assert "member 'sync/nightly_sync.sh'" in message
+    assert list(elsewhere.iterdir()) == []
+    assert (stack / "docker-compose.yaml").read_text() == "services: {}\n" != compose_before.decode()
+
+
+def test_links_inside_the_target_are_extracted(make_config, repo, backup_date, restore_context, key,
+                                                tmp_path):
+    conn_id, _ = key
+    target = tmp_path / "target"
+    manifest = hand_made_backup(repo, backup_date, [
+        (member("./", tarfile.DIRTYPE, mode=0o755), None),
+        (member("bin", tarfile.DIRTYPE, mode=0o750), None),
+        (member("ingest/load.py", mode=0o755), b"print('load')\n"),
+        (member("current.py", tarfile.SYMTYPE, "ingest/load.py"), None),
+        (member("bin/run.py", tarfile.SYMTYPE, "../ingest/load.py"), None),
+        (member("copy.py", tarfile.LNKTYPE, "ingest/load.py", mode=0o700), None),
+        (member("setuid.py", mode=0o4755), b"print('s')\n"),
+    ])
+    comp = component(make_config, conn_id, target)
+    ctx = restore_context(manifest, "infra", comp.settings)
+    counts = comp.restore(ctx, "all")
+    assert (counts["scripts"], counts["links"], counts["created"]) == (3, 2, 6)
+    scripts = target / "etl_scripts"
+    assert os.readlink(scripts / "current.py") == "ingest/load.py"
+    assert (scripts / "bin" / "run.py").read_bytes() == b"print('load')\n"
+    assert (scripts / "bin").stat().st_mode & 0o777 == 0o750
+    assert (scripts / "copy.py").read_bytes() == b"print('load')\n" and not (scripts / "copy.py").is_symlink()
+    assert (scripts / "copy.py").stat().st_mode & 0o777 == 0o700
+    assert (scripts / "setuid.py").stat().st_mode & 0o7777 == 0o755  # setuid dropped
+    assert (target / "docker-compose.yaml").read_bytes() == b"services: {api: {image: acme/api}}\n"
+    assert comp.verify_restore(ctx, "all") == []
+    os.unlink(scripts / "bin" / "run.py")
+    (scripts / "bin" / "run.py").symlink_to("../copy.py")
+    assert comp.verify_restore(ctx, "all") == [
+        f"etl_scripts.tar.gz: bin/run.py: {scripts}/bin/run.py is not a link to ../ingest/load.py",
+        "1 of the backup's 2 files were restored with their bytes"]

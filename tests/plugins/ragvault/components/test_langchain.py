@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from ragvault.components.base import ComponentError
-from ragvault.components.files import is_secret_name
+from ragvault.components.files import is_secret_name, walk_files
 from ragvault.components.langchain import LangChainComponent
 from ragvault.config import load_settings
 
@@ -204,3 +205,112 @@ def test_relative_config_dir_is_relative_to_the_settings_file(make_config, conte
 ])
 def test_secret_key_names(name, secret):
     assert is_secret_name(name) is secret
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+def tree_of(root: Path) -> dict[str, tuple[bytes, int]]:
+    """``{relative path: (bytes, mode)}`` of every regular file under ``root``."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o777)
+            for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def test_restore_onto_a_blank_folder_then_over_changed_files(make_config, backed_up, restore_context, app_dir,
+                                                             tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    comp = component(make_config, config_dir=str(app_dir))
+    manifest = backed_up(comp)
+    source = files_under(app_dir)
+    folders = sorted(p.relative_to(app_dir).as_posix() for p in app_dir.rglob("*") if p.is_dir())
+    date = manifest["backup_date"]
+    ctx = restore_context(manifest, "langchain", comp.settings)
+    assert comp.restore_items(ctx.section) == ["all"]
+
+    # A blank target: the folder is gone.
+    shutil.rmtree(app_dir)
+    assert comp.inspect_target(ctx, "all") == {
+        "holds_data": False, "what": f"config_dir {app_dir}: none of the {len(source)} files exists"}
+    problems = comp.verify_restore(ctx, "all")
+    assert sum(p.endswith("does not exist") for p in problems) == len(source)
+    assert problems[-1] == f"0 of the backup's {len(source)} files are in {app_dir} with its bytes"
+    counts = comp.restore(ctx, "all")
+    assert counts == {"files": len(source), "bytes": sum(map(len, source.values())), "created": len(source),
+                      "replaced": 0, "unchanged": 0, "left_alone": 0}
+    assert files_under(app_dir) == source
+    assert sorted(p.relative_to(app_dir).as_posix() for p in app_dir.rglob("*") if p.is_dir()) == folders
+    assert {mode for _, mode in tree_of(app_dir).values()} == {0o644}  # new files (modes are not backed up)
+    assert comp.verify_restore(ctx, "all") == []
+    inspected = comp.inspect_target(ctx, "all")
+    assert inspected["holds_data"] is True
+    assert f"{len(source)} of the {len(source)} files exist and would be replaced" in inspected["what"]
+
+    # Over changed files: a changed one (its mode kept), a missing one, a link out of the folder in the
+    # place of a file (replaced, not written through), a file the backup does not hold (left alone).
+    changed = b"prompts: {}\n"
+    (app_dir / "prompts.yaml").write_bytes(changed)
+    (app_dir / "prompts.yaml").chmod(0o640)
+    (app_dir / "chains.json").unlink()
+    outside = tmp_path / "outside.yaml"
+    outside.write_bytes(b"not: restored here\n")
+    (app_dir / "agents.yaml").unlink()
+    (app_dir / "agents.yaml").symlink_to(outside)
+    (app_dir / "prompts" / "local").mkdir()
+    (app_dir / "prompts" / "local" / "mine.yaml").write_bytes(b"template: mine\n")
+
+    problems = comp.verify_restore(ctx, "all")
+    assert any(p.startswith("chains.json: ") and p.endswith("does not exist") for p in problems), problems
+    assert any(p.startswith("prompts.yaml: ") and "has 12 bytes" in p for p in problems), problems
+    assert any(p.startswith("agents.yaml: ") for p in problems), problems
+    assert problems[-1] == \
+        f"{len(source) - 3} of the backup's {len(source)} files are in {app_dir} with its bytes"
+
+    caplog.clear()
+    counts = comp.restore(ctx, "all")
+    assert counts == {"files": len(source), "bytes": sum(map(len, source.values())), "created": 1,
+                      "replaced": 2, "unchanged": len(source) - 3, "left_alone": 1}
+    assert {rel: data for rel, data in files_under(app_dir).items()
+            if ".ragvault-" not in rel and rel != "prompts/local/mine.yaml"} == source
+    assert (app_dir / "prompts.yaml").stat().st_mode & 0o777 == 0o640
+    kept = app_dir / f"prompts.yaml.ragvault-{date}.bak"
+    assert kept.read_bytes() == changed
+    assert not (app_dir / "agents.yaml").is_symlink()
+    assert (app_dir / f"agents.yaml.ragvault-{date}.bak").readlink() == outside
+    assert outside.read_bytes() == b"not: restored here\n"
+    assert (app_dir / "prompts" / "local" / "mine.yaml").read_bytes() == b"template: mine\n"
+    assert not (app_dir / f"chains.json.ragvault-{date}.bak").exists()
+    assert f"prompts.yaml: replaced, the previous file kept as prompts.yaml.ragvault-{date}.bak" \
+        in caplog.text
+    assert "1 files of" in caplog.text and "left in place: prompts/local/mine.yaml" in caplog.text
+    assert comp.verify_restore(ctx, "all") == []
+
+    # Again, over another change: the first .bak (what was there before the first restore) is kept.
+    (app_dir / "prompts.yaml").write_bytes(b"prompts: {again: {}}\n")
+    counts = comp.restore(ctx, "all")
+    assert (counts["replaced"], counts["unchanged"]) == (1, len(source) - 1)
+    assert kept.read_bytes() == changed
+    assert comp.verify_restore(ctx, "all") == []
+    # and the copies a restore keeps are not backed up
+    assert not any(".ragvault-" in f.rel for f in walk_files(app_dir))
+
+
+def test_restore_refuses_a_folder_that_leads_outside(make_config, backed_up, restore_context, app_dir,
+                                                     tmp_path):
+    comp = component(make_config, config_dir=str(app_dir))
+    manifest = backed_up(comp)
+    ctx = restore_context(manifest, "langchain", comp.settings)
+    shutil.rmtree(app_dir)
+    app_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (app_dir / "prompts").symlink_to(elsewhere)
+
+    for call in (comp.inspect_target, comp.restore):
+        with pytest.raises(ComponentError) as failure:
+            call(ctx, "all")
+        message = str(failure.value)
+        assert message.startswith(f"langchain[all]: config_dir {app_dir}: nothing was written: ")
+        assert (f"prompts/rag/answer_with_citations.yaml: {app_dir}/prompts/rag leads to {elsewhere}/rag, "
+                f"outside {app_dir}") in message
+    assert list(elsewhere.iterdir()) == []
+    assert [p.name for p in app_dir.iterdir()] == ["prompts"]

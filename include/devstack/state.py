@@ -14,7 +14,10 @@ from pathlib import Path
 
 
 def redis_state(client_for_db, databases: int = 16) -> dict[int, dict[bytes, tuple]]:
-    """``{db: {key: (type, value, pttl_ms)}}`` for every key of every db; values normalised per type."""
+    """``{db: {key: (type, value, expire_at_ms)}}`` for every key of every db; values normalised per type.
+
+    The expiry is absolute (PEXPIRETIME, -1 for none), so states read at different moments compare.
+    """
     state: dict[int, dict[bytes, tuple]] = {}
     for db in range(databases):
         client = client_for_db(db)
@@ -36,14 +39,14 @@ def redis_state(client_for_db, databases: int = 16) -> dict[int, dict[bytes, tup
                 value = (tuple(client.xrange(key)), groups)
             else:
                 value = client.dump(key)
-            keys[key] = (kind, value, client.pttl(key))
+            keys[key] = (kind, value, int(client.execute_command("PEXPIRETIME", key)))
         if keys:
             state[db] = keys
     return state
 
 
 def same_redis_state(a: dict, b: dict, ttl_tolerance_ms: int = 1000) -> list[str]:
-    """The differences between two :func:`redis_state` results (TTLs equal within the tolerance)."""
+    """The differences between two :func:`redis_state` results (expiry times equal within the tolerance)."""
     problems = []
     for db in sorted(set(a) | set(b)):
         ka, kb = a.get(db, {}), b.get(db, {})
@@ -55,7 +58,7 @@ def same_redis_state(a: dict, b: dict, ttl_tolerance_ms: int = 1000) -> list[str
             if ta != tb or va != vb:
                 problems.append(f"db{db} {key!r}: {ta} {va!r:.80} != {tb} {vb!r:.80}")
             elif (pa < 0) != (pb < 0) or abs(pa - pb) > ttl_tolerance_ms:
-                problems.append(f"db{db} {key!r}: ttl {pa} ms != {pb} ms")
+                problems.append(f"db{db} {key!r}: expires at {pa} ms != {pb} ms")
     return problems
 
 

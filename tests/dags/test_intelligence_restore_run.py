@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from devstack import seed
+from devstack.localconfig import write_local_settings
 from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state
 
 pytestmark = pytest.mark.timeout(1200)
@@ -49,7 +50,7 @@ class Stack:
     def assert_same(self, before, after):
         assert after["qdrant"] == before["qdrant"]
         assert after["mongodb"] == before["mongodb"]
-        assert same_redis_state(before["redis"], after["redis"], ttl_tolerance_ms=60_000) == []
+        assert same_redis_state(before["redis"], after["redis"], ttl_tolerance_ms=1000) == []
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,11 @@ def stack():
 
 
 @pytest.fixture(scope="module")
-def backup(airflow, config_factory, fresh_date, restore_bucket, stack):
+def backup(airflow, tmp_path_factory, fresh_date, restore_bucket, stack):
     """The seeded stack backed up by a real run of the backup DAG: (date, config, state at backup time)."""
     stack.seed()
-    config = config_factory(bucket=restore_bucket)
+    config = write_local_settings(tmp_path_factory.mktemp("restore") / "ragvault.yaml", bucket=restore_bucket,
+                                  retries=0)
     date = fresh_date()
     proc = airflow.run("dags", "test", BACKUP, date, env={"RAGVAULT_CONFIG": str(config)})
     assert proc.returncode == 0, proc.stdout[-5000:]

@@ -45,7 +45,7 @@ def test_rdb_holds_every_key_with_type_value_and_ttl(settings, context, repo, re
     assert path.read_bytes()[:5] == b"REDIS"
     with spare_redis(path) as (_, client_for_db):
         loaded = redis_state(client_for_db)
-    assert same_redis_state(source, loaded, ttl_tolerance_ms=5000) == []
+    assert same_redis_state(source, loaded, ttl_tolerance_ms=1000) == []
 
     expected = {f"db{db}": len(keys) for db, keys in source.items()}
     assert {db: s["keys"] for db, s in result.details["keyspace"].items()} == expected
@@ -100,13 +100,13 @@ def test_restore_onto_a_blank_server_over_the_network(settings, backed_up, resto
         assert not restorer.inspect_target(ctx, "all")["holds_data"]
         counts = restorer.restore(ctx, "all")
         assert counts["keys"] == sum(len(keys) for keys in source.values())
-        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=5000) == []
+        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=1000) == []
         assert restorer.verify_restore(ctx, "all") == []
 
         # Over data: the plan says it, the restore flushes first, and the verification notices a change.
         client_for_db(9).set("stray", "x")
         assert restorer.inspect_target(ctx, "all")["holds_data"]
         restorer.restore(ctx, "all")
-        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=5000) == []
+        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=1000) == []
         client_for_db(0).delete(next(iter(source[0])))
         assert any(p.startswith("db0:") for p in restorer.verify_restore(ctx, "all"))

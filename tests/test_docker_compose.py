@@ -343,7 +343,7 @@ def test_application_redis_requires_the_connection_password_and_keeps_an_aof(com
         service = view["services"]["app-redis"]
         command = service["command"]
         args = command if isinstance(command, list) else shlex.split(command)
-        options = dict(zip(args[1::2], args[2::2]))
+        options = dict(zip(args[1::2], args[2::2], strict=False))
         assert options["--appendonly"] == "yes"
         assert options["--requirepass"] == connection(view["services"][WORKER], "redis_default")["password"]
         assert mount_at(service, "/data"), "app-redis keeps its data in /data"
@@ -462,7 +462,7 @@ def test_minio_init_creates_the_settings_bucket(compose, settings):
     aliases = dict(re.findall(r"mc alias set (\S+) (\S+)", script))
     buckets = re.findall(r"mc mb\b(?:\s+--?\S+)*\s+([^\s/]+)/(\S+)", script)
     assert buckets, "minio-init creates no bucket"
-    for alias, bucket in buckets:
+    for alias, _bucket in buckets:
         assert aliases.get(alias) == "http://minio:9000"
     assert [bucket for _, bucket in buckets] == [settings.bucket]
     assert settings.bucket == DEFAULTS["bucket"]

@@ -386,7 +386,7 @@ def parse_duration(value: Any, what: str = "duration") -> int:
     match = _DURATION_PATTERN.match(value)
     if not match or not any(match.groups()):
         raise ApiError(400, f"invalid {what}: not a valid duration string: {value!r}")
-    millis = sum(int(group) * mult for group, (_, mult) in zip(match.groups(), _DURATION_UNITS) if group)
+    millis = sum(int(group) * mult for group, (_, mult) in zip(match.groups(), _DURATION_UNITS, strict=True) if group)
     return millis * 1_000_000
 
 

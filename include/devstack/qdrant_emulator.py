@@ -2089,9 +2089,9 @@ def fetch_snapshot(location: str, work: Path, api_key: str | None) -> Path:
                 while chunk := response.read(STREAM_CHUNK):
                     f.write(chunk)
         except urllib.error.HTTPError as exc:
-            raise bad_request(f"Failed to download snapshot from {location}: status {exc.code} {exc.reason}")
+            raise bad_request(f"Failed to download snapshot from {location}: status {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise service_error(f"Http request error: error sending request for url ({location}): {exc}")
+            raise service_error(f"Http request error: error sending request for url ({location}): {exc}") from None
         return target
     raise bad_request(f"URL {location} with scheme {url.scheme} is not supported")
 

@@ -838,7 +838,7 @@ def mongo_dataset(scale: float = 1) -> dict[str, list[dict[str, Any]]]:
         moment = started
         messages = []
         provider, model = rng.choice(_MODELS)
-        for turn in range(rng.randint(1, 5)):
+        for _turn in range(rng.randint(1, 5)):
             cited = rng.sample(chunks, min(len(chunks), rng.randint(0, 3)))
             question_topic = rng.choice(cited).doc.title if cited else rng.choice(docs).title
             moment = _ms(moment + dt.timedelta(seconds=rng.randint(5, 600)))

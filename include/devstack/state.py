@@ -101,7 +101,7 @@ def spare_redis(rdb: Path | None = None, password: str | None = None):
                 pass
             except redis.exceptions.ConnectionError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {(workdir / 'redis.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"redis-server exited: {(workdir / 'redis.log').read_text()[-2000:]}") from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on {port} did not answer within 30 s")
             time.sleep(0.1)

@@ -27,6 +27,7 @@ MAGIC = b"RVAE1"
 PREFIX_SIZE = 7
 SEGMENT = 64 * 1024
 TAG = 16
+MAKE_KEY = "python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'"
 
 
 class EncryptionError(RuntimeError):
@@ -47,7 +48,7 @@ def parse_key(text: str | bytes | None, source: str = "the encryption key") -> b
         if len(key) == 32:
             return key
     raise EncryptionError(f"{source} is not a 32-byte key in base64 or hex "
-                          "(make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')")
+                          f"(make one with: {MAKE_KEY})")
 
 
 def fingerprint(key: bytes) -> str:
@@ -152,9 +153,6 @@ class _Decryptor:
         plain = self._open(bytes(self._buffer), last=True)
         self._buffer = bytearray()
         return plain
-
-
-MAKE_KEY = "python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'"
 
 
 def key_howto(conn_id: str) -> str:

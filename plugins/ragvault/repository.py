@@ -481,7 +481,8 @@ class BackupRepository:
                 log.info("lock s3://%s/%s taken by %s", self.bucket, LOCK_KEY, owner)
                 return
             except self.client.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                code = exc.response.get("Error", {}).get("Code")
+                if code not in ("PreconditionFailed", "ConditionalRequestConflict"):
                     raise
             held = self.lock_holder()
             if held is None:

@@ -593,7 +593,8 @@ def test_not_found_answers(qdrant_emulator):
     api.error("PATCH", COLLECTION, 404, path=missing, json={"optimizers_config": {"indexing_threshold": 1}})
 
     api.result("PUT", COLLECTION, path={"collection_name": "c"}, json={"vectors": {"size": 2, "distance": "Dot"}})
-    assert api.error("GET", POINT, 404, path={"collection_name": "c", "id": 42}) == "Not found: No point with id 42 found"
+    assert api.error("GET", POINT, 404, path={"collection_name": "c", "id": 42}) == \
+        "Not found: No point with id 42 found"
     some_uuid = "9b1f4c1e-8f6a-4d49-9f2a-2a7c1d1e0b3c"
     assert api.error("GET", POINT, 404, path={"collection_name": "c", "id": some_uuid}) == (
         f"Not found: No point with id {some_uuid} found")
@@ -649,7 +650,8 @@ def test_bad_request_bodies(qdrant_emulator, qdrant_openapi):
     assert rejected("POST", SCROLL, {"limit": 0}, 422).startswith("Validation error in JSON body: [limit:")
     assert rejected("POST", SCROLL, {"filter": {"must": [{"key": "a"}]}}, 422).startswith(
         "Validation error in JSON body:")
-    assert rejected("POST", SCROLL, {"filter": {"mist": []}}, 400).startswith("Format error in JSON body: unknown field")
+    assert rejected("POST", SCROLL, {"filter": {"mist": []}}, 400).startswith(
+        "Format error in JSON body: unknown field")
 
     error = api.error("PUT", POINTS, 400, path=c, data=b'{"points": [', headers={"Content-Type": "application/json"})
     assert error.startswith("Format error in JSON body: EOF while parsing a value at line 1 column")
@@ -670,10 +672,12 @@ def test_state_survives_restarts(qdrant_emulator, tmp_path):
     load_points(api, "kept", points)
     api.result("POST", DELETE_POINTS, path={"collection_name": "kept"}, json={"points": [points[0]["id"]]})
     api.result("PUT", INDEX, path={"collection_name": "kept"}, json={"field_name": "n", "field_schema": "integer"})
-    api.result("PATCH", COLLECTION, path={"collection_name": "kept"}, json={"optimizers_config": {"deleted_threshold": 0.5}})
+    api.result("PATCH", COLLECTION, path={"collection_name": "kept"},
+               json={"optimizers_config": {"deleted_threshold": 0.5}})
     api.result("POST", "/collections/aliases", json={"actions": [
         {"create_alias": {"collection_name": "kept", "alias_name": "kept-alias"}}]})
-    api.result("PUT", COLLECTION, path={"collection_name": "empty"}, json={"vectors": {"size": 3, "distance": "Euclid"}})
+    api.result("PUT", COLLECTION, path={"collection_name": "empty"},
+               json={"vectors": {"size": 3, "distance": "Euclid"}})
     before = {name: collection_state(api, name) for name in ("kept", "empty")}
     aliases = api.result("GET", "/aliases")
     assert before["kept"]["points_count"] == len(points) - 1
@@ -713,7 +717,8 @@ def test_refuse_snapshots_knob_and_version_checks(qdrant_emulator, monkeypatch):
     assert refusing.error("PUT", RECOVER, 500, path={"collection_name": "r"}, json={"location": location}) == refusal
     refusing.error("GET", COLLECTION, 404, path={"collection_name": "r"})
     # Snapshots are still made and listed: only reading them back is refused.
-    refusing.result("PUT", COLLECTION, path={"collection_name": "own"}, json={"vectors": {"size": 2, "distance": "Dot"}})
+    refusing.result("PUT", COLLECTION, path={"collection_name": "own"},
+                    json={"vectors": {"size": 2, "distance": "Dot"}})
     assert refusing.result("POST", SNAPSHOTS, path={"collection_name": "own"})["size"] > 0
 
     monkeypatch.setenv(REFUSE_SNAPSHOTS_ENV, "1")
@@ -725,7 +730,8 @@ def test_refuse_snapshots_knob_and_version_checks(qdrant_emulator, monkeypatch):
 
     # Genuine version checks: no snapshot from a newer version, none from more than one minor version back.
     newer = qdrant_emulator(version="1.20.0")
-    newer.api().result("PUT", COLLECTION, path={"collection_name": "n"}, json={"vectors": {"size": 2, "distance": "Dot"}})
+    newer.api().result("PUT", COLLECTION, path={"collection_name": "n"},
+                       json={"vectors": {"size": 2, "distance": "Dot"}})
     newer_snapshot = newer.api().result("POST", SNAPSHOTS, path={"collection_name": "n"})["name"]
     newer_location = (newer.data_dir / "snapshots" / "n" / newer_snapshot).as_uri()
     assert api.error("PUT", RECOVER, 500, path={"collection_name": "n"}, json={"location": newer_location}) == (

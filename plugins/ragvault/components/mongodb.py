@@ -160,11 +160,13 @@ class MongoComponent(Component):
         with self.hook() as hook:
             database = hook.get_conn().get_database(item)
             for name in _restore_collections(ctx, item):
-                metadata = json_util.loads(b"".join(ctx.read(ctx.artifact(item, f"dump/{item}/{name}.metadata.json.gz"))))
+                metadata_file = ctx.artifact(item, f"dump/{item}/{name}.metadata.json.gz")
+                metadata = json_util.loads(b"".join(ctx.read(metadata_file)))
                 database.drop_collection(name)
                 options = dict(metadata.get("options") or {})
                 if metadata.get("type", "collection") != "collection":
-                    ctx.log.warning("mongodb %s.%s: a %s, recreated from its options only", item, name, metadata["type"])
+                    ctx.log.warning("mongodb %s.%s: a %s, recreated from its options only", item, name,
+                                    metadata["type"])
                 database.create_collection(name, **options)
                 collection = database.get_collection(name, codec_options=RAW)
                 documents = 0

@@ -160,8 +160,9 @@ class QdrantComponent(Component):
     def _rebuild(self, ctx: RestoreContext, hook: QdrantHook, item: str, info: dict[str, Any]) -> None:
         config = info["config"]
         params = config["params"]
-        body = {key: params[key] for key in ("vectors", "sparse_vectors", "shard_number", "replication_factor",
-                                             "write_consistency_factor", "on_disk_payload") if params.get(key) is not None}
+        keys = ("vectors", "sparse_vectors", "shard_number", "replication_factor", "write_consistency_factor",
+                "on_disk_payload")
+        body = {key: params[key] for key in keys if params.get(key) is not None}
         for target, source in (("hnsw_config", "hnsw_config"), ("optimizers_config", "optimizer_config"),
                                ("wal_config", "wal_config"), ("quantization_config", "quantization_config")):
             if config.get(source):

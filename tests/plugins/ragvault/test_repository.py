@@ -11,9 +11,9 @@ import pytest
 import zstandard
 
 from ragvault.repository import (
-    MiB,
     BackupRepository,
     ItemResult,
+    MiB,
     RepositoryError,
     check_date,
 )

@@ -8,8 +8,8 @@ import json
 import bson
 import pytest
 from bson import json_util
-from devstack import seed
 
+from devstack import seed
 from ragvault.components.mongodb import MongoComponent
 
 
@@ -57,7 +57,8 @@ def test_dump_and_export_hold_every_document_and_index(settings, context, repo, 
             assert dump == b"".join(doc.raw for doc in raw_server)
 
             # metadata: every index, in canonical Extended JSON as mongodump writes it
-            metadata = json_util.loads(gzip.decompress(stored(repo, keys[f"dump/{db_name}/{name}.metadata.json.gz"].key)))
+            metadata_key = keys[f"dump/{db_name}/{name}.metadata.json.gz"].key
+            metadata = json_util.loads(gzip.decompress(stored(repo, metadata_key)))
             assert metadata["collectionName"] == name
             assert metadata["indexes"] == list(database[name].list_indexes())
             assert {"indexes", "uuid", "collectionName", "type", "options"} <= set(metadata)
@@ -85,8 +86,9 @@ def test_collection_filters(settings, seeded_mongo, mongo_client, context):
 
 def test_restore_onto_a_blank_server(settings, backed_up, restore_context, target_settings, seeded_mongo,
                                      mongo_client, monkeypatch):
-    from devstack.state import spare_ferretdb
     from pymongo import MongoClient
+
+    from devstack.state import spare_ferretdb
 
     manifest = backed_up(MongoComponent(settings))
     with spare_ferretdb() as uri:

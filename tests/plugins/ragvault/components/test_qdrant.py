@@ -8,8 +8,8 @@ import json
 import tarfile
 
 import pytest
-from devstack import seed
 
+from devstack import seed
 from ragvault.components.qdrant import QdrantComponent, same_vectors
 from ragvault.hooks.qdrant import QdrantHook
 

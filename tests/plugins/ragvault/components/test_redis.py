@@ -9,9 +9,9 @@ import os
 import tarfile
 
 import pytest
+
 from devstack import seed
 from devstack.state import redis_state, same_redis_state, spare_redis
-
 from ragvault.components.redis import RedisComponent
 from ragvault.hooks.redis import RedisHook
 

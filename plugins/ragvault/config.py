@@ -85,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
             "extra_files": [],
         },
         "prometheus": {"enabled": True, "data_dir": None, "config_dir": None, "config_file": None,
-                       "encrypt_config": "auto"},
+                       "encrypt_config": "auto", "verify_selectors": None, "reload_timeout_seconds": 150},
         "grafana": {
             "enabled": True,
             "config_path": None,

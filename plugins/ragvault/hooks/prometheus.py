@@ -1,4 +1,4 @@
-"""Prometheus hook: the HTTP API (status, queries, lifecycle, admin TSDB snapshots), snapshot directories."""
+"""Prometheus hook: the HTTP API (status, queries, own metrics, lifecycle, TSDB snapshots), snapshot dirs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ SNAPSHOT_NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
 
 class PrometheusError(RuntimeError):
     """Prometheus answered with an error, or could not be reached."""
+
+
+class PrometheusUnreachable(PrometheusError):
+    """No answer from Prometheus at all (connection refused, timeout, TLS failure...)."""
 
 
 class PrometheusAdminApiDisabled(PrometheusError):
@@ -85,7 +89,7 @@ class PrometheusHook(BaseHook):
         try:
             return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise PrometheusError(
+            raise PrometheusUnreachable(
                 f"cannot reach Prometheus at {self.base_url} ({method} {path}): {exc}") from exc
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -121,9 +125,41 @@ class PrometheusHook(BaseHook):
         """``GET /api/v1/status/flags``: command-line flags (``storage.tsdb.path``, ``config.file``...)."""
         return self.request("GET", "/api/v1/status/flags")
 
+    def tsdb_status(self) -> dict[str, Any]:
+        """``GET /api/v1/status/tsdb``: the head's stats (``headStats``: series, chunks, min/max time) and
+        its top-10 metric names by series count (``seriesCountByMetricName``)."""
+        return self.request("GET", "/api/v1/status/tsdb")
+
+    def runtime_info(self) -> dict[str, Any]:
+        """``GET /api/v1/status/runtimeinfo``: start time, ``storageRetention`` (``15d or 10GiB``)..."""
+        return self.request("GET", "/api/v1/status/runtimeinfo")
+
     def query(self, expr: str, **params: Any) -> list[dict[str, Any]]:
-        """An instant PromQL query; the result vector (or matrix, scalar) as Prometheus returns it."""
+        """An instant PromQL query; the result vector (or matrix, scalar) as Prometheus returns it.
+
+        ``time`` (Unix seconds) evaluates it at that moment; a range selector (``up[1h]``) then returns
+        the raw samples of the hour before ``time`` (its left end included by Prometheus 2, not by 3).
+        """
         return self.request("GET", "/api/v1/query", params={"query": expr, **params})["result"]
+
+    def self_metrics(self, names: tuple[str, ...] | list[str] | set[str]) -> dict[str, float]:
+        """Values of label-less metrics on Prometheus's own ``/metrics`` (``prometheus_tsdb_reloads_total``).
+
+        Names absent from the page are absent from the answer.
+        """
+        response = self._send("GET", "/metrics")
+        if response.status_code >= 400:
+            raise PrometheusError(f"GET {self.base_url}/metrics: HTTP {response.status_code}: "
+                                  f"{response.text[:500]}")
+        wanted, found = set(names), {}
+        for line in response.text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                try:
+                    found[name] = float(value.split(" ")[0])
+                except ValueError:
+                    continue
+        return found
 
     def reload(self) -> None:
         """``POST /-/reload``: make the server re-read its configuration and rule files.
@@ -136,7 +172,7 @@ class PrometheusHook(BaseHook):
                                   "Prometheus with --web.enable-lifecycle, or send it SIGHUP")
         if response.status_code >= 400:
             raise PrometheusError(f"POST {self.base_url}/-/reload: HTTP {response.status_code}: "
-                                  f"{response.text[:500]}")
+                                  f"{response.text.strip()[:500]}")
 
     # -- TSDB snapshots -----------------------------------------------------------------------------------
     def snapshot(self, skip_head: bool = False) -> str:

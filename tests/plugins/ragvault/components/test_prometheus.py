@@ -7,6 +7,7 @@ backup's TSDB tree is downloaded and read back with ``promtool``, the tool that 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -428,3 +429,429 @@ def test_unreachable_server_names_the_endpoint(make_config, context, data_dir, c
                                connections=connections)
     with pytest.raises(ComponentError, match=rf"prometheus: cannot reach Prometheus at http://127.0.0.1:{port}"):
         component.backup(context("prometheus"), None)
+
+
+# -- restore ------------------------------------------------------------------------------------------------
+# The blank targets are Prometheus servers of the test's own (tmp data and config dirs, a free port, admin
+# and lifecycle APIs on), stopped at the end of the module.
+
+BLANK_CONFIG = "# a blank server: scrapes nothing\nglobal:\n  scrape_interval: 15s\n"
+
+
+class PrivatePrometheus:
+    """A Prometheus process with its own config and data directories, on a free port."""
+
+    def __init__(self, root: Path, config: str, rules: dict[str, str] | None = None):
+        self.root, self.config_dir, self.data_dir = root, root / "config", root / "data"
+        self.config_dir.mkdir(parents=True)
+        (self.config_dir / "prometheus.yml").write_text(config)
+        for name, text in (rules or {}).items():
+            (self.config_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.config_dir / name).write_text(text)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> PrivatePrometheus:
+        log = (self.root / "prometheus.log").open("ab")
+        self.process = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={self.config_dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.data_dir}", f"--web.listen-address=127.0.0.1:{self.port}",
+             "--web.enable-admin-api", "--web.enable-lifecycle"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"prometheus on port {self.port} did not start: "
+                                   + (self.root / "prometheus.log").read_text()[-2000:])
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def connect(self, monkeypatch, conn_id: str) -> None:
+        use_connection(monkeypatch, conn_id, self.port)
+
+
+@pytest.fixture(scope="module")
+def spawn_prometheus(tmp_path_factory):
+    """``spawn_prometheus(config, rules=None) -> PrivatePrometheus``, started; all stopped at the end."""
+    servers: list[PrivatePrometheus] = []
+
+    def spawn(config: str = BLANK_CONFIG, rules: dict[str, str] | None = None) -> PrivatePrometheus:
+        server = PrivatePrometheus(tmp_path_factory.mktemp("prometheus-target"), config, rules)
+        servers.append(server)
+        return server.start()
+
+    yield spawn
+    for server in servers:
+        server.stop()
+
+
+def restore_settings(target_settings, monkeypatch, server: PrivatePrometheus, **config):
+    """The test settings with ``prometheus`` pointing at ``server``: its connection and its directories."""
+    server.connect(monkeypatch, "prometheus_target")
+    settings = target_settings("prometheus", "prometheus_target")
+    components = {**settings.data["components"],
+                  "prometheus": {**settings.component("prometheus"), "data_dir": str(server.data_dir),
+                                 "config_dir": str(server.config_dir), **config}}
+    return dataclasses.replace(settings, data={**settings.data, "components": components})
+
+
+def wait_for_history(hook: PrometheusHook, seconds: float, timeout: float = 90) -> None:
+    """Wait until the server holds samples older than ``seconds`` (the backup records only those)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        oldest = hook.tsdb_status()["headStats"]["minTime"]
+        if time.time() * 1000 - oldest > seconds * 1000:
+            return
+        assert time.monotonic() < deadline, f"{hook.base_url} holds no sample older than {seconds} s"
+        time.sleep(1)
+
+
+def wait_for_scrapes(hook: PrometheusHook, job: str, scrapes: int, timeout: float = 90) -> None:
+    """Wait until the series pushed as ``job`` were scraped ``scrapes`` times (a few query_range steps)."""
+    expr = f'min(count_over_time(llm_tokens_total{{job="{job}"}}[10m]))'
+    deadline = time.monotonic() + timeout
+    while True:
+        result = hook.query(expr)
+        if result and float(result[0]["value"][1]) >= scrapes:
+            return
+        assert time.monotonic() < deadline, f"the series of job {job} were not scraped {scrapes} times"
+        time.sleep(1)
+
+
+def query_range(url: str, expr: str, start_ms: int, end_ms: int) -> list[dict]:
+    """``/api/v1/query_range`` over the range (at most ~1000 steps, 5 s at least), series sorted by labels."""
+    step = max(5.0, (end_ms - start_ms) / 1000 / 1000)
+    response = requests.get(f"{url}/api/v1/query_range", timeout=60, params={
+        "query": expr, "start": start_ms / 1000, "end": end_ms / 1000, "step": step})
+    response.raise_for_status()
+    return sorted(response.json()["data"]["result"], key=lambda s: sorted(s["metric"].items()))
+
+
+def listed_blocks(data_dir: Path) -> dict[str, dict[str, int]]:
+    """``promtool tsdb list``: ULID -> samples, chunks, series."""
+    blocks = {}
+    for line in promtool("tsdb", "list", str(data_dir)).splitlines()[1:]:
+        ulid, _mint, _maxt, _duration, samples, chunks, series, _size = line.split()
+        blocks[ulid] = {"samples": int(samples), "chunks": int(chunks), "series": int(series)}
+    return blocks
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def tree_state(*roots: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``roots``: (inode, size, mtime) by path."""
+    return {str(p): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for root in roots for p in sorted(root.rglob("*")) if p.is_file() and p.name != "queries.active"}
+
+
+def test_restore_onto_a_blank_prometheus_serves_the_same_samples(make_config, backed_up, restore_context,
+                                                                   target_settings, monkeypatch, hook,
+                                                                   data_dir, config_dir, pushed,
+                                                                   spawn_prometheus, tmp_path, caplog):
+    target = spawn_prometheus()
+    source = make_component(make_config, data_dir=str(data_dir), config_dir=str(config_dir))
+    wait_for_history(hook, 40)  # older than the margin the backup leaves to samples still in flight
+    wait_for_scrapes(hook, pushed["job"], 4)
+    manifest = backed_up(source)
+    entry = manifest["components"]["prometheus"]["items"]["all"]
+    blocks = entry["details"]["blocks"]
+    ulids = sorted(b["ulid"] for b in blocks)
+    tsdb_artifacts = [a for a in manifest["artifacts"] if "/prometheus/tsdb/" in a["key"]]
+    recorded = entry["details"]["verify_samples"]
+    assert {s["labels"]["__name__"] for s in recorded["series"]} >= {"up"}
+    assert all(s["samples"] > 0 for s in recorded["series"])
+
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target))
+    ctx = restore_context(manifest, "prometheus", restorer.settings)
+    assert restorer.restore_items(ctx.section) == ["all"]
+
+    # The blank server holds no block and no sample; its own prometheus.yml is what would be replaced.
+    plan = restorer.inspect_target(ctx, "all")
+    assert plan["holds_data"] is True
+    assert "prometheus.yml" in plan["what"]
+    assert "TSDB block" not in plan["what"] and "head" not in plan["what"]
+    empty = tmp_path / "empty-config"
+    empty.mkdir()
+    blank = PrometheusComponent(restore_settings(target_settings, monkeypatch, target, config_dir=str(empty)))
+    assert blank.inspect_target(ctx, "all") == {
+        "holds_data": False,
+        "what": f"{target.data_dir} holds no TSDB block and no sample, and no configuration file in {empty} "
+                "would be replaced"}
+
+    counts = restorer.restore(ctx, "all")
+    assert counts["blocks"] == counts["blocks_written"] == len(ulids) > 0
+    assert counts["blocks_replaced"] == counts["blocks_unchanged"] == counts["blocks_compacted"] == 0
+    assert counts["files"] == len(tsdb_artifacts)
+    assert counts["bytes"] == sum(a["raw_size"] for a in tsdb_artifacts)
+    assert counts["config_files"] == 2 and counts["config_reloaded"] == 1
+    assert counts["blocks_loaded"] == 1 and counts["restart_needed"] == 0
+    assert not list(target.data_dir.glob("*.tmp-for-creation"))
+
+    # promtool reads the blocks where the server keeps them, with the backup's stats.
+    assert listed_blocks(target.data_dir) == {
+        b["ulid"]: {"samples": b["samples"], "chunks": b["chunks"], "series": b["series"]} for b in blocks}
+
+    # The configuration and rules are the source's, byte for byte, and loaded; the blank one is kept aside.
+    for name in ("prometheus.yml", "rules.yml"):
+        assert (target.config_dir / name).read_bytes() == (config_dir / name).read_bytes()
+    assert (target.config_dir / f"prometheus.yml.ragvault-{ctx.date}.bak").read_text() == BLANK_CONFIG
+    assert not (target.config_dir / f"rules.yml.ragvault-{ctx.date}.bak").exists()
+    target_hook = PrometheusHook("prometheus_target")
+    loaded = yaml.safe_load(target_hook.loaded_config())
+    source_config = yaml.safe_load((config_dir / "prometheus.yml").read_text())
+    assert [job["job_name"] for job in loaded["scrape_configs"]] == [
+        job["job_name"] for job in source_config["scrape_configs"]]
+    rules = requests.get(f"{target.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    assert sorted(g["name"] for g in rules) == sorted(
+        g["name"] for g in yaml.safe_load((config_dir / "rules.yml").read_text())["groups"])
+
+    # The server answers the same samples as the source over the backed-up range: the pushed series, and up.
+    start = min(b["min_time_ms"] for b in blocks)
+    end = max(b["max_time_ms"] for b in blocks) - 1  # a block's maxTime is exclusive
+    pushed_series = f'{{job="{pushed["job"]}",__name__=~"rag_.*|llm_.*"}}'
+
+    def same_answers():
+        for expr, count in ((pushed_series, pushed["series"]), ("up", None)):
+            answer = query_range(target.url, expr, start, end)
+            assert answer and answer == query_range(hook.base_url, expr, start, end)
+            assert count is None or len(answer) == count
+
+    same_answers()
+    assert restorer.verify_restore(ctx, "all") == []
+
+    # Restoring again changes nothing: no file rewritten, no .bak added, nothing to wait for.
+    before = tree_state(target.data_dir, target.config_dir)
+    again = restorer.restore(ctx, "all")
+    assert again["blocks_unchanged"] == len(ulids)
+    assert again["blocks_written"] == again["blocks_replaced"] == again["files"] == again["bytes"] == 0
+    assert again["config_files"] == 0 and again["config_unchanged"] == 2
+    assert again["blocks_loaded"] == 0 and again["restart_needed"] == 0
+    assert {k: v for k, v in tree_state(target.data_dir, target.config_dir).items()
+            if "/wal/" not in k and "/chunks_head/" not in k} == {
+        k: v for k, v in before.items() if "/wal/" not in k and "/chunks_head/" not in k}
+    same_answers()
+    assert restorer.inspect_target(ctx, "all")["holds_data"] is True
+
+    # verify_restore names what differs: a block gone from the data dir, a rule file edited.
+    moved = tmp_path / ulids[0]
+    shutil.move(target.data_dir / ulids[0], moved)
+    (target.config_dir / "rules.yml").write_text("groups: []\n")
+    problems = restorer.verify_restore(ctx, "all")
+    shutil.move(moved, target.data_dir / ulids[0])
+    assert any(p.startswith(f"block {ulids[0]} (") and p.endswith(f"is not in {target.data_dir}")
+               for p in problems)
+    assert any(p.startswith(f"rules.yml: {target.config_dir / 'rules.yml'} differs from the backup's")
+               for p in problems)
+    assert restorer.restore(ctx, "all")["config_files"] == 1
+    assert (target.config_dir / f"rules.yml.ragvault-{ctx.date}.bak").read_text() == "groups: []\n"
+
+    # A block whose files differ from the backup's is named, replaced (the old one kept aside), and served
+    # once the server restarts: it keeps the copy it has open under that ULID until then.
+    meta_file = target.data_dir / ulids[-1] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["stats"]["numSamples"] += 1
+    meta_file.write_text(json.dumps(meta))
+    expected_samples = meta["stats"]["numSamples"] - 1
+    assert f"block {ulids[-1]}: numSamples {expected_samples + 1} in {target.data_dir}, {expected_samples} " \
+           "in the backup" in restorer.verify_restore(ctx, "all")
+    with caplog.at_level(logging.WARNING):
+        replaced = restorer.restore(ctx, "all")
+    assert replaced["blocks_replaced"] == 1 and replaced["blocks_unchanged"] == len(ulids) - 1
+    assert replaced["restart_needed"] == 1 and replaced["blocks_written"] == 0
+    assert any(f"block {ulids[-1]}" in r.getMessage() and "(meta.json)" in r.getMessage()
+               for r in caplog.records)
+    assert any("restart it" in r.getMessage() for r in caplog.records)
+    kept = target.data_dir / f"{ulids[-1]}.ragvault-{ctx.date}.bak"
+    assert json.loads((kept / "meta.json").read_text())["stats"]["numSamples"] == expected_samples + 1
+    target.restart()
+    assert listed_blocks(target.data_dir)[ulids[-1]]["samples"] == expected_samples
+    same_answers()
+    assert restorer.verify_restore(ctx, "all") == []
+
+    # A series deleted on the target (admin API: tombstones in its blocks) is named with its samples; a
+    # restore puts the blocks back as they were, served after a restart.
+    up = next(s for s in recorded["series"] if s["labels"]["__name__"] == "up")
+    selector = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(up["labels"].items())) + "}"
+    requests.post(f"{target.url}/api/v1/admin/tsdb/delete_series", timeout=30, params={
+        "match[]": selector, "start": start / 1000, "end": end / 1000}).raise_for_status()
+    problems = restorer.verify_restore(ctx, "all")
+    assert len(problems) == 1 and problems[0].startswith(f"series {selector} from ")
+    assert problems[0].endswith(f": 0 samples (none), {up['samples']} in the backup "
+                                f"({_iso(up['first_ms'])} .. {_iso(up['last_ms'])})")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        replaced = restorer.restore(ctx, "all")
+    assert replaced["blocks_replaced"] >= 1 and replaced["restart_needed"] == 1
+    assert any("tombstones" in r.getMessage() for r in caplog.records)
+    target.restart()
+    same_answers()
+    assert restorer.verify_restore(ctx, "all") == []
+
+
+SECRET_CONFIG = """\
+# scrapes what file_sd lists (nothing yet), with a password
+global:
+  scrape_interval: 30s
+rule_files:
+  - rules.yml
+  - alerts/*.yml
+scrape_configs:
+  - job_name: secured
+    basic_auth: {username: scraper, password: s3cr3t-restore-password}
+    file_sd_configs: [{files: [targets/*.json]}]
+"""
+REJECTED_CONFIG = """\
+scrape_configs:
+  - job_name: broken
+    scrape_interval: banana
+    static_configs: [{targets: ["127.0.0.1:9"]}]
+"""
+
+
+def source_component(make_config, monkeypatch, server: PrivatePrometheus) -> PrometheusComponent:
+    connections = use_connection(monkeypatch, "prometheus_source", server.port)
+    return make_component(make_config, data_dir=str(server.data_dir), config_dir=str(server.config_dir),
+                          connections=connections)
+
+
+def test_restore_decrypts_the_config_and_the_target_loads_it(make_config, backed_up, restore_context,
+                                                            target_settings, monkeypatch, spawn_prometheus,
+                                                            backup_key, repo, s3_client):
+    rules = {name: PRIVATE_RULES[name] for name in ("rules.yml", "alerts/rag.yml")}
+    source = spawn_prometheus(SECRET_CONFIG, rules)
+    manifest = backed_up(source_component(make_config, monkeypatch, source))
+    stored = {a["key"].split("/prometheus/", 1)[1]: a for a in manifest["artifacts"]}
+    assert stored["prometheus.yml"]["encryption"]  # the password is not in the bucket in plaintext
+    in_bucket = s3_client.get_object(Bucket=repo.bucket, Key=stored["prometheus.yml"]["key"])["Body"].read()
+    assert b"s3cr3t" not in in_bucket
+    assert not [k for k in stored if k.startswith("tsdb/")]  # a server that scraped nothing has no block
+
+    target = spawn_prometheus()
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target))
+    ctx = restore_context(manifest, "prometheus", restorer.settings)
+    counts = restorer.restore(ctx, "all")
+    assert counts["blocks"] == counts["files"] == 0
+    assert counts["config_files"] == 3 and counts["config_reloaded"] == 1
+
+    for name in ("prometheus.yml", "rules.yml", "alerts/rag.yml"):
+        assert (target.config_dir / name).read_bytes() == (source.config_dir / name).read_bytes()
+    loaded = yaml.safe_load(PrometheusHook("prometheus_target").loaded_config())
+    assert loaded["scrape_configs"][0]["job_name"] == "secured"
+    assert loaded["scrape_configs"][0]["basic_auth"]["password"] == "<secret>"
+    groups = requests.get(f"{target.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    assert sorted((g["name"], len(g["rules"])) for g in groups) == [("rag", 1), ("rag-alerts", 2)]
+    assert restorer.verify_restore(ctx, "all") == []
+
+    # The file is the backup's, but the server runs another configuration: verify_restore says so, and a
+    # restore reloads it even when no file changed.
+    config_file = target.config_dir / "prometheus.yml"
+    restored = config_file.read_bytes()
+    config_file.write_text(BLANK_CONFIG)
+    requests.post(f"{target.url}/-/reload", timeout=10).raise_for_status()
+    config_file.write_bytes(restored)
+    problems = restorer.verify_restore(ctx, "all")
+    assert problems == ["prometheus.yml: the server runs another configuration than the restored file (at "
+                        "global.scrape_interval, rule_files, scrape_configs): reload Prometheus"]
+    counts = restorer.restore(ctx, "all")
+    assert counts["config_files"] == 0 and counts["config_unchanged"] == 3 and counts["config_reloaded"] == 1
+    assert restorer.verify_restore(ctx, "all") == []
+
+    # An edited rule file is named, and put back.
+    (target.config_dir / "alerts/rag.yml").write_text("groups: []\n")
+    assert restorer.verify_restore(ctx, "all") == [
+        f"rules/alerts/rag.yml: {target.config_dir / 'alerts/rag.yml'} differs from the backup's (11 bytes, "
+        f"{len(PRIVATE_RULES['alerts/rag.yml'])} in the backup)"]
+    assert restorer.restore(ctx, "all")["config_files"] == 1
+    assert (target.config_dir / f"alerts/rag.yml.ragvault-{ctx.date}.bak").read_text() == "groups: []\n"
+    assert restorer.verify_restore(ctx, "all") == []
+
+
+def test_a_configuration_the_target_rejects_is_an_error_naming_it(make_config, backed_up, restore_context,
+                                                                  target_settings, monkeypatch,
+                                                                  spawn_prometheus):
+    source = spawn_prometheus()
+    (source.config_dir / "prometheus.yml").write_text(REJECTED_CONFIG)  # on disk, never loaded
+    manifest = backed_up(source_component(make_config, monkeypatch, source))
+
+    target = spawn_prometheus()
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target))
+    ctx = restore_context(manifest, "prometheus", restorer.settings)
+    config_file = target.config_dir / "prometheus.yml"
+    with pytest.raises(ComponentError, match=rf"prometheus\[prometheus.yml\]: Prometheus did not load the "
+                                             rf"restored configuration {re.escape(str(config_file))}: "
+                                             r".*HTTP 500"
+                                             r".*banana.*keeps running the previous one"):
+        restorer.restore(ctx, "all")
+    assert config_file.read_text() == REJECTED_CONFIG
+    assert (target.config_dir / f"prometheus.yml.ragvault-{ctx.date}.bak").read_text() == BLANK_CONFIG
+    runtime = PrometheusHook("prometheus_target").runtime_info()
+    assert runtime["reloadConfigSuccess"] is False
+    assert "broken" not in PrometheusHook("prometheus_target").loaded_config()
+
+
+def test_restore_onto_a_stopped_prometheus_is_loaded_when_it_starts(make_config, backed_up, restore_context,
+                                                                     target_settings, monkeypatch, hook,
+                                                                     data_dir, config_dir, pushed,
+                                                                     spawn_prometheus, tmp_path, caplog):
+    wait_for_scrapes(hook, pushed["job"], 4)
+    manifest = backed_up(make_component(make_config, data_dir=str(data_dir), config_dir=str(config_dir)))
+    blocks = manifest["components"]["prometheus"]["items"]["all"]["details"]["blocks"]
+    target = spawn_prometheus()
+
+    # A running server whose data dir is not where the settings say: refused before anything is written.
+    elsewhere = tmp_path / "not-the-data-dir"
+    elsewhere.mkdir()
+    wrong = PrometheusComponent(restore_settings(target_settings, monkeypatch, target,
+                                                 data_dir=str(elsewhere)))
+    with pytest.raises(ComponentError, match=rf"prometheus\[tsdb\]: {re.escape(str(elsewhere))} is not a "
+                                             r"Prometheus data directory \(no wal/ in it\)"):
+        wrong.restore(restore_context(manifest, "prometheus", wrong.settings), "all")
+    assert list(elsewhere.iterdir()) == []
+    assert (target.config_dir / "prometheus.yml").read_text() == BLANK_CONFIG
+
+    # Stopped: the blocks and files are put in place, nothing to reload or wait for.
+    target.stop()
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target))
+    ctx = restore_context(manifest, "prometheus", restorer.settings)
+    assert "TSDB block" not in restorer.inspect_target(ctx, "all")["what"]
+    with caplog.at_level(logging.WARNING):
+        counts = restorer.restore(ctx, "all")
+    assert any(f"{target.url} does not answer" in r.getMessage() for r in caplog.records)
+    assert counts["blocks_written"] == len(blocks) and counts["config_files"] == 2
+    assert counts["config_reloaded"] == counts["blocks_loaded"] == counts["restart_needed"] == 0
+    problems = restorer.verify_restore(ctx, "all")  # the files are all there; the server cannot be asked
+    assert len(problems) == 1
+    assert problems[0].startswith(f"cannot ask Prometheus what it serves: cannot reach Prometheus at "
+                                  f"{target.url}")
+
+    target.start()
+    assert sorted(listed_blocks(target.data_dir)) == sorted(b["ulid"] for b in blocks)
+    start, end = min(b["min_time_ms"] for b in blocks), max(b["max_time_ms"] for b in blocks) - 1
+    selector = f'{{job="{pushed["job"]}",__name__=~"rag_.*|llm_.*"}}'
+    answer = query_range(target.url, selector, start, end)
+    assert len(answer) == pushed["series"] and answer == query_range(hook.base_url, selector, start, end)
+    assert restorer.verify_restore(ctx, "all") == []

@@ -60,3 +60,66 @@ def seed_everything(backup_date: str) -> dict[str, dict[str, int]]:
 def seed_prometheus_url() -> str:
     conn = seed.read_connection("prometheus_default") or {}
     return f"{conn.get('schema') or 'http'}://{conn.get('host', '127.0.0.1')}:{conn.get('port', 9090)}"
+
+
+def wipe_grafana() -> None:
+    """Delete everything the Grafana API holds (folders with their content, dashboards, datasources, library
+    panels, alerting) : a blank Grafana."""
+    import requests
+
+    url, token, basic = seed_grafana.connection_from_env()
+    session = requests.Session()
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    if basic:
+        session.auth = basic
+    session.headers["X-Disable-Provenance"] = "true"
+
+    def get(path):
+        response = session.get(url + path, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    for rule in get("/api/v1/provisioning/alert-rules"):
+        session.delete(f"{url}/api/v1/provisioning/alert-rules/{rule['uid']}", timeout=30)
+    for hit in get("/api/search?type=dash-db&limit=5000"):
+        session.delete(f"{url}/api/dashboards/uid/{hit['uid']}", timeout=30)
+    for element in get("/api/library-elements?perPage=1000")["result"]["elements"]:
+        session.delete(f"{url}/api/library-elements/{element['uid']}", timeout=30)
+    for folder in get("/api/folders"):
+        session.delete(f"{url}/api/folders/{folder['uid']}", timeout=30)
+    for source in get("/api/datasources"):
+        session.delete(f"{url}/api/datasources/uid/{source['uid']}", timeout=30)
+    for point in get("/api/v1/provisioning/contact-points"):
+        if point.get("uid"):
+            session.delete(f"{url}/api/v1/provisioning/contact-points/{point['uid']}", timeout=30)
+    for timing in get("/api/v1/provisioning/mute-timings"):
+        session.delete(f"{url}/api/v1/provisioning/mute-timings/{timing['name']}", timeout=30)
+    for template in get("/api/v1/provisioning/templates"):
+        session.delete(f"{url}/api/v1/provisioning/templates/{template['name']}", timeout=30)
+    session.delete(f"{url}/api/v1/provisioning/policies", timeout=30)
+
+
+def wipe_langsmith() -> None:
+    """Delete every project (and so its runs) of the LangSmith workspace."""
+    client = seed_langsmith.client_from_connection(seed_langsmith.read_connection()[0])
+    try:
+        for project in list(client.list_projects()):
+            client.delete_project(project_id=project.id)
+    finally:
+        close = getattr(client, "close", None)
+        if close:
+            close()
+
+
+def wipe_everything() -> None:
+    """The seed's 'bring up clean instances': empty data stores, a blank Grafana and LangSmith, and no stack
+    files (Prometheus keeps its TSDB: restored blocks are added to it)."""
+    import shutil
+
+    from devstack.localconfig import state_dir
+
+    wipe_data_stores()
+    wipe_grafana()
+    wipe_langsmith()
+    shutil.rmtree(state_dir() / "demo-files", ignore_errors=True)

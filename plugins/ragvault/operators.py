@@ -323,6 +323,33 @@ class ResolveBackupOperator(_RagvaultOperator):
                 "confirm": str(self.confirm or "").strip()}
 
 
+def verify_restored(repo: BackupRepository, manifest: dict[str, Any], components: list[str], settings: Settings,
+                    log) -> tuple[list[dict[str, Any]], list[str]]:
+    """Compare each restored component with the backup: one row per component, and every difference found."""
+    rows, problems = [], []
+    for name in components:
+        component = get_component(name)(settings)
+        ctx = RestoreContext(repo=repo, manifest=manifest, component=name, settings=settings, log=log)
+        items = component.restore_items(ctx.section)
+        equal = 0
+        for item in items:
+            try:
+                found = component.verify_restore(ctx, item)
+            except Exception as exc:  # reported as a difference, with the others
+                found = [f"could not verify: {type(exc).__name__}: {exc}"]
+            problems += [f"{name}[{item}]: {p}" for p in found]
+            equal += not found
+        rows.append({"component": name, "items": len(items), "equal": equal})
+    return rows, problems
+
+
+def verification_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'component':10} {'items backed up':>15} {'items restored equal':>20}   equal?"]
+    lines += [f"{r['component']:10} {r['items']:>15} {r['equal']:>20}   {'yes' if r['equal'] == r['items'] else 'NO'}"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def _truthy(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
 
@@ -486,24 +513,9 @@ class VerifyRestoreOperator(_RestoreOperator):
             raise AirflowSkipException("dry run: nothing was restored")
         settings = self.settings()
         repo, manifest, components = self.backup(settings)
-        rows, problems = [], []
-        for name in components:
-            component = get_component(name)(settings)
-            ctx = self.context(repo, manifest, name, settings)
-            items = component.restore_items(ctx.section)
-            equal = 0
-            for item in items:
-                try:
-                    found = component.verify_restore(ctx, item)
-                except Exception as exc:
-                    found = [f"could not verify: {type(exc).__name__}: {exc}"]
-                problems += [f"{name}[{item}]: {p}" for p in found]
-                equal += not found
-            rows.append((name, len(items), equal, equal == len(items)))
-        table = "\n".join(f"{n:10} {backed:>6} {same:>6}   {'yes' if ok else 'NO'}" for n, backed, same, ok in rows)
-        self.log.info("post-restore verification\n%-10s %6s %6s   %s\n%s", "component", "items", "equal",
-                      "all equal?", table)
+        rows, problems = verify_restored(repo, manifest, components, settings, self.log)
+        self.log.info("post-restore verification\n%s", verification_table(rows))
         if problems:
             raise ComponentError("restore", None, "the restored state differs from the backup:\n  "
                                  + "\n  ".join(problems))
-        return {"rows": [{"component": n, "items": b, "equal": e} for n, b, e, _ in rows], "equal": True}
+        return {"rows": rows, "equal": True}

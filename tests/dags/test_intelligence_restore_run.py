@@ -4,13 +4,16 @@ restore -> equal state, and every way a restore must refuse to write."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
 
 from devstack import seed
-from devstack.localconfig import write_local_settings
+from devstack.localconfig import REPO, state_dir, write_local_settings
+from devstack.stack import seed_everything, wipe_everything
 from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state
+from ragvault.components import REGISTRY
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -72,11 +75,12 @@ def stack():
 
 @pytest.fixture(scope="module")
 def backup(airflow, tmp_path_factory, fresh_date, restore_bucket, stack):
-    """The seeded stack backed up by a real run of the backup DAG: (date, config, state at backup time)."""
-    stack.seed()
+    """The seeded stack (all nine components) backed up by a real run of the backup DAG:
+    (date, config, state of the data stores at backup time)."""
+    date = fresh_date()
+    seed_everything(date)
     config = write_local_settings(tmp_path_factory.mktemp("restore") / "ragvault.yaml", bucket=restore_bucket,
                                   retries=0)
-    date = fresh_date()
     proc = airflow.run("dags", "test", BACKUP, date, env={"RAGVAULT_CONFIG": str(config)})
     assert proc.returncode == 0, proc.stdout[-5000:]
     return date, config, stack.state()
@@ -95,15 +99,24 @@ def written(states) -> list[str]:
     return [t for t, s in states.items() if ".restore" in t and s not in ("skipped", "upstream_failed", None)]
 
 
-def test_round_trip_onto_clean_servers(airflow, backup, stack):
+def test_round_trip_of_all_nine_components_onto_clean_servers(airflow, backup, stack):
     date, config, at_backup = backup
-    stack.wipe()
-    proc, states = restore(airflow, config, backup_date="latest")
+    files = state_dir() / "demo-files"
+    wipe_everything()
+    assert not files.exists()
+    proc, states = restore(airflow, config, backup_date="latest", components=list(REGISTRY))
     assert proc.returncode == 0, proc.stdout[-6000:]
-    assert states["verify_restore"] == "success", states
-    assert states["resume_ingestion"] == "success", states
+    assert {t: s for t, s in states.items() if s != "success"} == {}, states
+    output = proc.stdout + proc.stderr
+    assert "post-restore verification" in output
+    for name in REGISTRY:  # every component's row in the verification table says equal
+        assert re.search(rf"^{name} +\d+ +\d+ +yes\b", output, re.MULTILINE), name
     stack.assert_same(at_backup, stack.state())
-    assert "post-restore verification" in proc.stdout + proc.stderr
+    # the stack's files are back byte for byte
+    demo = REPO / "include" / "demo"
+    for source in demo.rglob("*"):
+        if source.is_file():
+            assert (files / source.relative_to(demo)).read_bytes() == source.read_bytes(), source
 
 
 def test_dry_run_writes_nothing(airflow, backup, stack):

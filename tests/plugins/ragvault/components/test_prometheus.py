@@ -573,7 +573,16 @@ def test_restore_onto_a_blank_prometheus_serves_the_same_samples(make_config, ba
                                                                    data_dir, config_dir, pushed,
                                                                    spawn_prometheus, tmp_path, caplog):
     target = spawn_prometheus()
-    source = make_component(make_config, data_dir=str(data_dir), config_dir=str(config_dir))
+    # The source is a fresh server with the local stack's config and rules: what other tests (or `make demo`)
+    # restored into the shared Prometheus would make its snapshot hold overlapping blocks, which the target
+    # then compacts together.
+    shared_config = config_dir
+    source_server = spawn_prometheus((shared_config / "prometheus.yml").read_text(),
+                                     {"rules.yml": (shared_config / "rules.yml").read_text()})
+    source = source_component(make_config, monkeypatch, source_server)
+    hook = PrometheusHook("prometheus_source")
+    config_dir = source_server.config_dir
+    seed_prometheus.wait_until_scraped(hook.base_url, pushed, timeout=90, session=hook.session)
     wait_for_history(hook, 40)  # older than the margin the backup leaves to samples still in flight
     wait_for_scrapes(hook, pushed["job"], 4)
     manifest = backed_up(source)

@@ -147,6 +147,17 @@ def decoded_chunks(chunks: Iterable[bytes], compression: str | None) -> Iterator
         yield tail
 
 
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-blank lines of a stream of chunks (JSON Lines, say), one line in memory at a time."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if pending.strip():
+        yield pending
+
+
 def decrypted_chunks(chunks: Iterable[bytes], cipher: Cipher) -> Iterator[bytes]:
     decryptor = cipher.decryptor()
     for chunk in chunks:

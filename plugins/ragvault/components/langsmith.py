@@ -71,7 +71,7 @@ import requests
 from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
 from ragvault.hooks.langsmith import LangSmithHook
-from ragvault.repository import ItemResult, utcnow_iso
+from ragvault.repository import ItemResult, iter_lines, utcnow_iso
 
 #: the run fields asked of ``POST /runs/query``. ``s3_urls`` is left out on purpose: with it the SDK
 #: downloads every attachment of every run while listing.
@@ -463,13 +463,7 @@ def _backup_interval(ctx: RestoreContext, item: str) -> tuple[datetime, datetime
 
 def _backup_runs(ctx: RestoreContext, item: str) -> Iterator[dict[str, Any]]:
     """The runs of ``runs.json.zst``, one line decoded at a time."""
-    pending = b""
-    for chunk in ctx.read(ctx.artifact(item, "runs.json.zst")):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from (json.loads(line) for line in lines if line.strip())
-    if pending.strip():
-        yield json.loads(pending)
+    return (json.loads(line) for line in iter_lines(ctx.read(ctx.artifact(item, "runs.json.zst"))))
 
 
 def _batches(runs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -32,7 +32,7 @@ from bson.raw_bson import RawBSONDocument
 
 from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
-from ragvault.repository import Artifact, ItemResult, utcnow_iso
+from ragvault.repository import Artifact, ItemResult, iter_lines, utcnow_iso
 
 EJSON = json_util.CANONICAL_JSON_OPTIONS
 RAW = CodecOptions(document_class=RawBSONDocument)
@@ -216,7 +216,7 @@ class MongoComponent(Component):
                 if export is None:
                     continue
                 checked = 0
-                for line in _lines(ctx.read(export)):
+                for line in iter_lines(ctx.read(export)):
                     document = json_util.loads(line)
                     found = database[name].find_one({"_id": document["_id"]})
                     if found != document:
@@ -291,13 +291,3 @@ def _restore_collections(ctx: RestoreContext, db_name: str) -> list[str]:
     prefix = f"dump/{db_name}/"
     return sorted(path[len(prefix):-len(suffix)] for path in ctx.artifacts(db_name)
                   if path.startswith(prefix) and path.endswith(suffix))
-
-
-def _lines(chunks) -> Iterator[bytes]:
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from (line for line in lines if line.strip())
-    if pending.strip():
-        yield pending

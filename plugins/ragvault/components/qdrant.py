@@ -30,7 +30,7 @@ from typing import Any
 from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
 from ragvault.hooks.qdrant import QdrantError, QdrantHook
-from ragvault.repository import ItemResult, utcnow_iso
+from ragvault.repository import ItemResult, iter_lines, utcnow_iso
 
 
 class QdrantComponent(Component):
@@ -254,12 +254,4 @@ def same_vectors(a: Any, b: Any, tolerance: float = 1e-6) -> bool:
 
 def _json_lines(chunks) -> Iterator[dict[str, Any]]:
     """Parse a stream of JSON Lines chunk by chunk (one line in memory at a time)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-    if pending.strip():
-        yield json.loads(pending)
+    return (json.loads(line) for line in iter_lines(chunks))

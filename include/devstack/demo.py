@@ -25,14 +25,6 @@ from devstack.localconfig import write_local_settings  # noqa: E402
 from devstack.stack import seed_everything, wipe_everything  # noqa: E402
 
 
-def human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--date", default=dt.datetime.now(dt.UTC).date().isoformat(),
@@ -68,18 +60,19 @@ def main() -> int:
         print(f"!! no manifest for {args.date}: the backup is incomplete; see {log_path}")
         return 1
     from ragvault.components import REGISTRY
+    from ragvault.operators import human_size
 
     order = {name: i for i, name in enumerate(REGISTRY)}
     print(f"== s3://{settings.bucket}/{args.date}/")
     for artifact in sorted(manifest["artifacts"], key=lambda a: (order.get(a["component"], 99), a["key"])):
         extra = " (encrypted)" if artifact.get("encryption") else ""
-        print(f"   {human(artifact['size']):>10}  {artifact['key']}{extra}")
+        print(f"   {human_size(artifact['size']):>10}  {artifact['key']}{extra}")
     print(f"   {'':>10}  {args.date}/manifest.json")
     print("== counts recorded in the manifest")
     for name, component in sorted(manifest["components"].items(), key=lambda c: order.get(c[0], 99)):
         print(f"   {name:10} " + ", ".join(f"{k}={v}" for k, v in component["counts"].items()))
     total = sum(a["size"] for a in manifest["artifacts"])
-    print(f"== {len(manifest['artifacts'])} artifacts, {human(total)}; run {manifest['run']['run_id']}")
+    print(f"== {len(manifest['artifacts'])} artifacts, {human_size(total)}; run {manifest['run']['run_id']}")
     if args.backup_only:
         return 0
 

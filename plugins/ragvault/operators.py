@@ -236,7 +236,8 @@ class ResumeIngestionOperator(_RagvaultOperator):
 # -- restore ------------------------------------------------------------------------------------------
 
 
-def _human(size: float) -> str:
+def human_size(size: float) -> str:
+    """A byte count for people: 512 B, 3.4 MiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -376,7 +377,7 @@ class VerifyBackupOperator(_RestoreOperator):
             raise RepositoryError(f"backup {manifest['backup_date']} failed verification, nothing was restored: "
                                   + "; ".join(problems))
         total = sum(a["size"] for a in artifacts)
-        self.log.info("verified %d artifacts (%s) of %s against the manifest", len(artifacts), _human(total),
+        self.log.info("verified %d artifacts (%s) of %s against the manifest", len(artifacts), human_size(total),
                       ", ".join(components))
         return {"artifacts": len(artifacts), "bytes": total}
 
@@ -409,7 +410,7 @@ class PlanRestoreOperator(_RestoreOperator):
                     raise ComponentError(name, item, f"could not inspect the target{_at(component)}: "
                                          f"{type(exc).__name__}: {exc}") from exc
                 verdict = "OVERWRITE" if target["holds_data"] else "write"
-                lines.append(f"{name:10} {item:30} {counts} ({_human(size)}) -> {verdict}: {target['what']}")
+                lines.append(f"{name:10} {item:30} {counts} ({human_size(size)}) -> {verdict}: {target['what']}")
                 if target["holds_data"]:
                     overwrites.append(f"{name}[{item}] ({target['what']})")
         self.log.info("restore plan for the backup of %s:\n%s", date, "\n".join(lines))

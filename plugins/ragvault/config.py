@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "max_retry_delay_seconds": 900,
     "notifications": {"webhook_conn_id": None},
     "lock": {"wait_seconds": 3600, "stale_after_seconds": 43200},
+    "backfill": {"state_parts": "skip"},
     "ingestion": {
         "pause_dag_ids": [],
         "drain_timeout_seconds": 1800,
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
             "exclude_databases": ["admin", "local", "config"],
             "include_collections": [],
             "exclude_collections": ["*.system.*"],
+            "interval_collections": {},
             "mongodump_path": None,
         },
         "redis": {"enabled": True, "aof_dir": None},

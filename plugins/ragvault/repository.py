@@ -50,6 +50,9 @@ class LockedError(RepositoryError):
 
 
 LOCK_KEY = "ragvault.lock"
+#: a rerun of a date that holds a complete backup writes aside, under ``<date>/.staging/<token>/``
+STAGING_DIR = ".staging"
+STAGING_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def utcnow_iso() -> str:
@@ -333,13 +336,30 @@ class BackupRepository:
 
     # -- layout ---------------------------------------------------------------------------------------
     @staticmethod
-    def artifact_key(date: str, component: str, path: str, compression: str | None = None) -> str:
-        """``<date>/<component>/<path>[.zst|.gz]``: the one rule every component's objects follow."""
+    def artifact_key(date: str, component: str, path: str, compression: str | None = None,
+                     staging: str | None = None) -> str:
+        """``<date>/<component>/<path>[.zst|.gz]``: the one rule every component's objects follow.
+
+        With ``staging`` (a run's token), the object is written aside first, under
+        ``<date>/.staging/<token>/<component>/<path>``, and moved into place when the run commits: see
+        :meth:`promote`.
+        """
         check_date(date)
         path = path.strip("/")
         if not path or any(part in ("", ".", "..") for part in path.split("/")):
             raise ValueError(f"artifact path {path!r} of component {component!r} is not a clean relative path")
-        return f"{date}/{component}/{path}{SUFFIXES[compression]}"
+        if staging is not None and not STAGING_TOKEN_RE.match(staging):
+            raise ValueError(f"staging token {staging!r} is not made of [A-Za-z0-9_-]")
+        where = f"{STAGING_DIR}/{staging}/" if staging else ""
+        return f"{date}/{where}{component}/{path}{SUFFIXES[compression]}"
+
+    @staticmethod
+    def final_key(key: str) -> str:
+        """Where an object written aside (staged) ends up: ``<date>/.staging/<token>/<rest>`` -> ``<date>/<rest>``."""
+        date, _, rest = key.partition("/")
+        if rest.startswith(f"{STAGING_DIR}/"):
+            rest = rest.split("/", 2)[2]
+        return f"{date}/{rest}"
 
     @staticmethod
     def manifest_key(date: str) -> str:
@@ -365,6 +385,7 @@ class BackupRepository:
         precompressed: bool = False,
         cipher: Cipher | None = None,
         content_type: str = "application/octet-stream",
+        staging: str | None = None,
     ) -> ArtifactWriter:
         """A streaming writer for one artifact.
 
@@ -373,8 +394,9 @@ class BackupRepository:
             they are (the original size and checksum are then unknown and recorded as null).
         :param cipher: encrypt client-side (after compression) with this key; the manifest records the
             scheme and the key's fingerprint, never the key.
+        :param staging: write aside under this run's staging token (see :meth:`artifact_key`).
         """
-        key = self.artifact_key(date, component, path, compression)
+        key = self.artifact_key(date, component, path, compression, staging)
         sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size)
         return ArtifactWriter(sink, compression, content_type, precompressed, cipher)
 

@@ -6,12 +6,33 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, ClassVar
 
 from ragvault.config import Settings
 from ragvault.crypto import Cipher
 from ragvault.repository import Artifact, ArtifactWriter, BackupRepository, ItemResult, utcnow_iso
+
+#: a part of a component's backup is one of two kinds:
+#: ``state`` is what a server or a file holds *now* (vectors, documents, caches, configuration): it can only be
+#: captured at the moment the task runs, never as it was on a past day;
+#: ``interval`` is data stamped with a time (traces, metrics samples, log documents): the run exports the
+#: part of it that falls in its data interval, so a run for a past day gets exactly that day's data.
+STATE, INTERVAL = "state", "interval"
+#: how a run backs up a component: ``capture`` every part (state captured now, interval data of the run's
+#: interval); ``interval`` only the interval parts (the state of a past day cannot be had)
+CAPTURE = "capture"
+#: the window used when a run has no usable data interval (a manual run): the 24 hours before it
+FALLBACK_WINDOW = timedelta(hours=24)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An aware UTC datetime from an ISO string or a datetime (a naive one is taken as UTC); None stays None."""
+    if value in (None, ""):
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class ComponentError(RuntimeError):
@@ -32,13 +53,39 @@ class BackupContext:
     component: str
     run: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ragvault"))
+    #: ``capture`` (state and interval parts) or ``interval`` (only the interval parts: see ``ragvault.plan``)
+    mode: str = CAPTURE
+    #: where this run's objects are written until the manifest is committed (see ``BackupRepository``)
+    staging: str | None = None
+
+    @property
+    def capture_state(self) -> bool:
+        """Whether this run captures the state parts (False: a run for a day older than a complete backup)."""
+        return self.mode == CAPTURE
+
+    def window(self) -> tuple[datetime, datetime, str]:
+        """``(start, end, source)``: the run's data interval ``[start, end)`` in UTC, which interval parts export.
+
+        When the run has none (or an empty one, as a manual run has), the 24 hours before its logical date
+        (before now without one), and the log says so.
+        """
+        start, end = parse_time(self.run.get("data_interval_start")), parse_time(self.run.get("data_interval_end"))
+        if start is not None and end is not None and start < end:
+            return start, end, "data_interval"
+        logical = parse_time(self.run.get("logical_date"))
+        anchor, anchor_name = (logical, "the logical date") if logical is not None else (datetime.now(UTC), "now")
+        start, end = anchor - FALLBACK_WINDOW, anchor
+        self.log.warning("%s: the run has no usable data interval (start %s, end %s): using the 24 hours before "
+                         "%s instead, [%s, %s)", self.component, self.run.get("data_interval_start"),
+                         self.run.get("data_interval_end"), anchor_name, start.isoformat(), end.isoformat())
+        return start, end, f"24h before {anchor_name.removeprefix('the ')}"
 
     def open_artifact(self, path: str, **kwargs: Any) -> ArtifactWriter:
         """A streaming writer for ``<date>/<component>/<path>`` (see :meth:`BackupRepository.open_artifact`)."""
-        return self.repo.open_artifact(self.date, self.component, path, **kwargs)
+        return self.repo.open_artifact(self.date, self.component, path, staging=self.staging, **kwargs)
 
     def put_artifact(self, path: str, chunks: Iterable[bytes] | bytes, **kwargs: Any) -> Artifact:
-        return self.repo.put_artifact(self.date, self.component, path, chunks, **kwargs)
+        return self.repo.put_artifact(self.date, self.component, path, chunks, staging=self.staging, **kwargs)
 
     def result(self, item: str, **kwargs: Any) -> ItemResult:
         return ItemResult(component=self.component, item=item, captured_at=kwargs.pop("captured_at", utcnow_iso()),
@@ -110,6 +157,8 @@ class Component(ABC):
     title: ClassVar[str]
     #: what one mapped task backs up; ``None`` for a component backed up by a single task
     item_noun: ClassVar[str | None] = None
+    #: the kinds of parts its backup holds (``STATE``, ``INTERVAL``); see :meth:`backup_parts`
+    parts: ClassVar[frozenset[str]] = frozenset({STATE})
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -123,9 +172,22 @@ class Component(ABC):
         """The items to back up, after the configured include/exclude patterns."""
         raise NotImplementedError(f"component {self.name} is not backed up item by item")
 
+    def backup_parts(self) -> frozenset[str]:
+        """The kinds of parts this component's backup holds with the current settings (default: ``parts``)."""
+        return self.parts
+
+    def interval_items(self, items: list[str]) -> list[str]:
+        """Of ``items``, those that hold interval parts: what a run that skips the state backs up."""
+        return list(items) if INTERVAL in self.backup_parts() else []
+
     @abstractmethod
     def backup(self, ctx: BackupContext, item: str | None) -> ItemResult:
-        """Stream the item's artifacts into ``ctx`` and return what was written, with counts."""
+        """Stream the item's artifacts into ``ctx`` and return what was written, with counts.
+
+        With ``ctx.mode == "interval"`` (``ctx.capture_state`` False) only the interval parts are written,
+        those of ``ctx.window()``; it is only called so for components whose :meth:`backup_parts` include
+        ``INTERVAL``.
+        """
 
     # -- restore --------------------------------------------------------------------------------------
     def restore_items(self, section: dict[str, Any]) -> list[str]:

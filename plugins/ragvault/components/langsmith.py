@@ -63,12 +63,12 @@ import json
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import requests
 
-from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
+from ragvault.components.base import INTERVAL, BackupContext, Component, ComponentError, RestoreContext, parse_time
 from ragvault.config import select
 from ragvault.hooks.langsmith import LangSmithHook
 from ragvault.repository import ItemResult, iter_lines, utcnow_iso
@@ -99,7 +99,6 @@ FEEDBACK_CREATE_FIELDS = (
     "id", "created_at", "modified_at", "run_id", "trace_id", "key", "score", "value", "comment",
     "correction", "start_time", "comparative_experiment_id", "feedback_group_id", "extra",
 )
-FALLBACK_WINDOW = timedelta(hours=24)
 PROJECT_PAGE = 100
 MAX_PROJECT_PAGES = 100_000
 PROGRESS_EVERY = 10_000
@@ -109,6 +108,8 @@ class LangSmithComponent(Component):
     name = "langsmith"
     title = "LangSmith (observability): projects, the interval's runs with their trees and feedback"
     item_noun = None
+    #: runs are interval data; the projects they belong to go with them (captured when the task runs)
+    parts = frozenset({INTERVAL})
 
     def hook(self) -> LangSmithHook:
         return LangSmithHook(
@@ -123,7 +124,7 @@ class LangSmithComponent(Component):
         return self.hook().api_url
 
     def backup(self, ctx: BackupContext, item: str | None) -> ItemResult:
-        start, end, source = interval(ctx)
+        start, end, source = ctx.window()
         with self.hook() as hook:
             try:
                 return self._backup(ctx, hook, start, end, source)
@@ -426,30 +427,6 @@ class LangSmithComponent(Component):
                                  f"LangSmith API at {hook.api_url}: {hook.describe_error(exc)}") from exc
 
 
-def interval(ctx: BackupContext) -> tuple[datetime, datetime, str]:
-    """``(start, end, source)`` of the runs to back up: the data interval, or the 24 hours before the
-    logical date (before now without one) when the interval is missing or empty."""
-    start = _parse_time(ctx.run.get("data_interval_start"))
-    end = _parse_time(ctx.run.get("data_interval_end"))
-    if start is not None and end is not None and start < end:
-        return start, end, "data_interval"
-    logical = _parse_time(ctx.run.get("logical_date"))
-    anchor, anchor_name = (logical, "the logical date") if logical is not None else (datetime.now(UTC), "now")
-    start, end = anchor - FALLBACK_WINDOW, anchor
-    ctx.log.warning("langsmith: the run has no usable data interval (start %s, end %s): backing up the runs "
-                    "of the 24 hours before %s instead, [%s, %s)",
-                    ctx.run.get("data_interval_start"), ctx.run.get("data_interval_end"), anchor_name,
-                    start.isoformat(), end.isoformat())
-    return start, end, f"24h before {anchor_name.removeprefix('the ')}"
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _backup_projects(ctx: RestoreContext, item: str) -> list[dict[str, Any]]:
     """The projects of ``projects.json`` (a small file)."""
     return json.loads(b"".join(ctx.read(ctx.artifact(item, "projects.json"))))
@@ -458,7 +435,7 @@ def _backup_projects(ctx: RestoreContext, item: str) -> list[dict[str, Any]]:
 def _backup_interval(ctx: RestoreContext, item: str) -> tuple[datetime, datetime]:
     """``(start, end)`` of the runs the backup holds, from its manifest."""
     window = ctx.item(item)["details"]["interval"]
-    return _parse_time(window["start"]), _parse_time(window["end"])
+    return parse_time(window["start"]), parse_time(window["end"])
 
 
 def _backup_runs(ctx: RestoreContext, item: str) -> Iterator[dict[str, Any]]:

@@ -3,13 +3,19 @@
 
 Nightly backup of the whole intelligence of the AI/RAG stack to `s3://<bucket>/<YYYY-MM-DD>/<component>/`.
 
-1. **pause_ingestion** (setup): pauses the configured ingestion DAGs and sets the ingestion flag.
-2. One task group per component, side by side while ingestion is paused: **qdrant** (one task per
-   collection: snapshot, config + aliases, points export), **mongodb** (one task per database: mongodump
-   layout + Extended JSON export), **redis** (`dump.rdb` through replication, AOF archive).
-3. **commit_manifest**: checks every object and writes `<date>/manifest.json` last, with sizes, sha256
-   and counts. A date without a manifest is incomplete and is never offered for restore.
-4. **resume_ingestion** (teardown): always runs, and puts ingestion back exactly as it was.
+1. **pause_ingestion** (setup): takes the bucket's lock, pauses the configured ingestion DAGs and sets the
+   ingestion flag.
+2. **plan_backup**: decides what this run captures. A run for a day older than a complete backup already
+   in the bucket (a backfill) cannot capture that day's state: it backs up only the interval data of its
+   data interval (LangSmith runs, Prometheus blocks, Mongo interval collections) and its manifest says so
+   (`backfill.state_parts` in the settings).
+3. One task group per component, side by side while ingestion is paused, in the seed's order: qdrant (one
+   task per collection), mongodb (one task per database), redis, langchain, langsmith, gpt, infra,
+   prometheus, grafana.
+4. **commit_manifest**: puts every object in place, checks it and writes `<date>/manifest.json` last, with
+   sizes, sha256, ETags, counts, each component's mode and when its state was captured. A date without a
+   manifest is incomplete and is never offered for restore; a rerun of a date replaces its backup only here.
+5. **resume_ingestion** (teardown): always runs, puts ingestion back exactly as it was, releases the lock.
 
 A failed component fails its task with a message naming component, item and cause; no manifest is
 written for that run. Configuration: `include/ragvault.yaml` (or `$RAGVAULT_CONFIG`). Restore with the
@@ -28,6 +34,7 @@ from ragvault.operators import (
     CommitManifestOperator,
     ListItemsOperator,
     PauseIngestionOperator,
+    PlanBackupOperator,
     ResumeIngestionOperator,
 )
 
@@ -47,6 +54,7 @@ with DAG(
     tags=["ragvault", "backup"],
 ) as dag:
     pause = PauseIngestionOperator(task_id="pause_ingestion")
+    plan = PlanBackupOperator(task_id="plan_backup")
 
     groups, results_from = [], {}
     for name, component in REGISTRY.items():
@@ -70,4 +78,4 @@ with DAG(
     )
     resume = ResumeIngestionOperator(task_id="resume_ingestion")
 
-    pause >> groups >> commit >> resume.as_teardown(setups=pause)
+    pause >> plan >> groups >> commit >> resume.as_teardown(setups=pause)

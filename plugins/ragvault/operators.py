@@ -12,6 +12,7 @@ from ragvault.components import REGISTRY, RESTORE_ORDER, ComponentError, get_com
 from ragvault.components.base import BackupContext, RestoreContext
 from ragvault.config import Settings, load_settings
 from ragvault.ingestion import IngestionControl
+from ragvault.plan import CAPTURE, INTERVAL_ONLY, BackupPlan, kept_sections, make_plan, state_summary
 from ragvault.repository import BackupRepository, ItemResult, RepositoryError, check_date
 
 
@@ -61,12 +62,67 @@ class _RagvaultOperator(BaseOperator):
         return repo
 
 
-class ListItemsOperator(_RagvaultOperator):
+class _BackupOperator(_RagvaultOperator):
+    """Common ground of the backup operators: the run's date and the plan ``plan_backup`` made for it.
+
+    :param backup_date: the backup's date folder, ``YYYY-MM-DD`` (templated; default the run's ``ds``).
+    :param plan_task_id: the task whose return value is the run's :class:`~ragvault.plan.BackupPlan`; when
+        it has none (the operator used on its own), the plan is made here the same way.
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("backup_date", "config_path")
+
+    def __init__(self, *, backup_date: str = "{{ ds }}", plan_task_id: str | None = "plan_backup",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_date = backup_date
+        self.plan_task_id = plan_task_id
+
+    def plan(self, context, repo: BackupRepository, settings: Settings) -> BackupPlan:
+        made = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None
+        if made:
+            return BackupPlan.from_dict(made)
+        return make_plan(repo, settings, check_date(self.backup_date), context["dag_run"].run_id)
+
+
+class PlanBackupOperator(_BackupOperator):
+    """Decide what this run backs up, per component: everything, interval data only, or nothing (kept or
+    skipped), from the complete backups already in the bucket and ``backfill.state_parts``; see
+    ``ragvault.plan``. Runs after ``pause_ingestion``, which holds the bucket's lock.
+
+    :param backup_date: the backup's date folder (templated; default the run's ``ds``).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    ui_color = "#e8f4fd"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("plan_task_id", None)
+        super().__init__(**kwargs)
+
+    def execute(self, context) -> dict[str, Any]:
+        settings = self.settings()
+        repo = self.repository(settings)
+        plan = make_plan(repo, settings, check_date(self.backup_date), context["dag_run"].run_id)
+        self.log.info("backup %s: %s", plan.date, plan.reason)
+        for name, decision in plan.components.items():
+            self.log.info("  %-10s %-8s %s", name, decision["mode"], decision["reason"])
+        if plan.staging:
+            self.log.info("%s already holds a complete backup: it stays whole until this run commits (objects are "
+                          "written under %s/.staging/%s/ and swapped in then)", plan.date, plan.date, plan.staging)
+        return plan.to_dict()
+
+
+class ListItemsOperator(_BackupOperator):
     """List what a component will back up item by item (Qdrant collections, Mongo databases...).
 
-    The returned list feeds the component's mapped backup task.
+    The returned list feeds the component's mapped backup task. In a run that backs up only interval data,
+    the items that hold some; none when the plan skips or keeps the component.
 
     :param component: the component's name (``qdrant``, ``mongodb``...).
+    :param backup_date: the backup's date folder (templated; default the run's ``ds``).
+    :param plan_task_id: the task whose return value is the run's plan (default ``plan_backup``).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
@@ -77,18 +133,25 @@ class ListItemsOperator(_RagvaultOperator):
         self.component = component
 
     def execute(self, context) -> list[str]:
-        component = get_component(self.component)(self.settings())
+        settings = self.settings()
+        mode = self.plan(context, self.repository(settings), settings).mode(self.component)
+        component = get_component(self.component)(settings)
+        if mode not in (CAPTURE, INTERVAL_ONLY):
+            self.log.info("%s is %s in this run: nothing to list", self.component, mode)
+            return []
         try:
             items = component.list_items()
+            if mode == INTERVAL_ONLY:
+                items = component.interval_items(items)
         except Exception as exc:
             raise ComponentError(self.component, None, f"could not list {component.item_noun}s"
                                  f"{_at(component)}: {type(exc).__name__}: {exc}") from exc
-        self.log.info("%s: %d %s(s) to back up: %s", self.component, len(items), component.item_noun,
-                      ", ".join(items) or "none")
+        self.log.info("%s: %d %s(s) to back up%s: %s", self.component, len(items), component.item_noun,
+                      " (interval data only)" if mode == INTERVAL_ONLY else "", ", ".join(items) or "none")
         return items
 
 
-class BackupComponentOperator(_RagvaultOperator):
+class BackupComponentOperator(_BackupOperator):
     """Back up one item of a component (or the whole component) into ``<date>/<component>/``.
 
     Streams the artifacts to the bucket and returns only their keys, sizes, checksums and counts, which
@@ -98,32 +161,31 @@ class BackupComponentOperator(_RagvaultOperator):
     :param item: the item (collection, database...) for components backed up item by item; usually
         mapped from :class:`ListItemsOperator`'s output.
     :param backup_date: the backup's date folder, ``YYYY-MM-DD`` (templated; default the run's ``ds``).
+    :param plan_task_id: the task whose return value is the run's plan (default ``plan_backup``).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
     template_fields: Sequence[str] = ("item", "backup_date", "config_path")
     ui_color = "#d5f5e3"
 
-    def __init__(
-        self,
-        *,
-        component: str,
-        item: str | None = None,
-        backup_date: str = "{{ ds }}",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, component: str, item: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.component = component
         self.item = item
-        self.backup_date = backup_date
 
     def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         settings = self.settings()
         date = check_date(self.backup_date)
         repo = self.repository(settings)
-        if repo.discard_manifest(date):
-            self.log.info("backup %s is being rewritten: its old manifest is removed until this run commits", date)
-        ctx = BackupContext(repo=repo, date=date, component=self.component, run=run_info(context), log=self.log)
+        plan = self.plan(context, repo, settings)
+        mode = plan.mode(self.component)
+        if mode not in (CAPTURE, INTERVAL_ONLY):
+            raise AirflowSkipException(f"{self.component} is {mode} in this run: "
+                                       f"{plan.components.get(self.component, {}).get('reason', plan.reason)}")
+        ctx = BackupContext(repo=repo, date=date, component=self.component, run=run_info(context), log=self.log,
+                            mode=mode, staging=plan.staging)
         component = get_component(self.component)(settings)
         try:
             result = component.backup(ctx, self.item)
@@ -138,33 +200,31 @@ class BackupComponentOperator(_RagvaultOperator):
         return result.to_dict()
 
 
-class CommitManifestOperator(_RagvaultOperator):
-    """Close a backup: check every artifact is in the bucket, prune leftovers, write ``manifest.json`` last.
+class CommitManifestOperator(_BackupOperator):
+    """Close a backup: put every artifact in place, write ``manifest.json`` last, prune leftovers.
+
+    The manifest records, per component, the plan's mode and reason, and its ``state`` block says whether
+    and when the state was captured (see ``ragvault.plan``). Components the plan keeps are carried over
+    from the date's previous manifest with their objects.
 
     :param results_from: component name -> task id of its backup task (mapped or not) whose return values
         are the :class:`~ragvault.repository.ItemResult` s to record.
     :param backup_date: the backup's date folder (templated; default the run's ``ds``).
+    :param plan_task_id: the task whose return value is the run's plan (default ``plan_backup``).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    template_fields: Sequence[str] = ("backup_date", "config_path")
     ui_color = "#fdebd0"
 
-    def __init__(
-        self,
-        *,
-        results_from: Mapping[str, str],
-        backup_date: str = "{{ ds }}",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, results_from: Mapping[str, str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.results_from = dict(results_from)
-        self.backup_date = backup_date
 
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
         date = check_date(self.backup_date)
         repo = self.repository(settings)
+        plan = self.plan(context, repo, settings)
         results: list[ItemResult] = []
         for component, task_id in self.results_from.items():
             values = context["ti"].xcom_pull(task_ids=[task_id])
@@ -173,18 +233,22 @@ class CommitManifestOperator(_RagvaultOperator):
                 self.log.info("%s: nothing was backed up (no items)", component)
             results += found
         manifest = repo.build_manifest(date, results, run_info(context))
+        sections, kept = kept_sections(plan, repo.previous_manifest(date, plan.staging) if plan.staging else None)
+        manifest["components"].update(sections)
+        manifest["artifacts"] += kept
         for component in self.results_from:
-            manifest["components"].setdefault(component, {"source_version": None, "captured_at": None,
-                                                          "counts": {}, "items": {}})
-        keep = {a["key"] for a in manifest["artifacts"]} | {repo.manifest_key(date)}
-        for obj in repo.list_keys(f"{date}/"):
-            if obj["Key"] not in keep:
-                self.log.info("removing %s: left by an earlier run of %s, not part of this backup", obj["Key"], date)
-                repo.client.delete_object(Bucket=repo.bucket, Key=obj["Key"])
+            section = manifest["components"].setdefault(
+                component, {"source_version": None, "captured_at": None, "counts": {}, "items": {}})
+            decision = plan.components.get(component, {"mode": plan.mode(component), "reason": plan.reason})
+            section.setdefault("mode", decision["mode"])
+            section.setdefault("reason", decision["reason"])
+        manifest["state"] = state_summary(plan, manifest)
         key = repo.commit_manifest(manifest)
         total = sum(a["size"] for a in manifest["artifacts"])
+        self.log.info("state: %s", plan.reason)
         for name, comp in manifest["components"].items():
-            self.log.info("%-10s %s", name, ", ".join(f"{k}={v}" for k, v in comp["counts"].items()) or "empty")
+            self.log.info("%-10s %-8s %s", name, comp["mode"],
+                          ", ".join(f"{k}={v}" for k, v in comp["counts"].items()) or "empty")
         self.log.info("backup %s complete: %d artifacts, %d bytes, s3://%s/%s",
                       date, len(manifest["artifacts"]), total, repo.bucket, key)
         return {"manifest": key, "artifacts": len(manifest["artifacts"]), "bytes": total}
@@ -292,11 +356,15 @@ class ResolveBackupOperator(_RagvaultOperator):
         settings = self.settings()
         repo = self.repository(settings)
         wanted = str(self.backup_date or "latest").strip()
-        complete = repo.complete_dates()
+        catalog = repo.catalog()
+        complete = [entry["date"] for entry in catalog]
         if wanted == "latest":
             if not complete:
                 raise RepositoryError(f"s3://{repo.bucket} holds no complete backup (no date with a manifest)")
-            date = complete[-1]
+            # The newest captured state, which is not always the newest date: a backfilled day holds only
+            # interval data, and one backfilled with backfill.state_parts: capture holds a later state.
+            date = repo.latest_state() or complete[-1]
+            self.log.info("latest: the backup of %s holds the most recently captured state", date)
         else:
             date = check_date(wanted)
             if date not in complete:
@@ -311,9 +379,14 @@ class ResolveBackupOperator(_RagvaultOperator):
         unknown = [c for c in selected if c not in REGISTRY]
         if unknown:
             raise ValueError(f"unknown component(s) {', '.join(map(str, unknown))}; known: {', '.join(REGISTRY)}")
-        missing = [c for c in selected if c not in manifest["components"]]
+        sections = manifest["components"]
+        missing = [c for c in selected if c not in sections or sections[c].get("mode") == "skipped"]
         for component in missing:
-            self.log.warning("%s is not in the backup of %s: skipped", component, date)
+            why = sections.get(component, {}).get("reason") or "not backed up by that run"
+            self.log.warning("%s is not in the backup of %s (%s): skipped", component, date, why)
+        if manifest.get("state", {}).get("captured") is False:
+            self.log.warning("the backup of %s holds no state captured for that day: %s", date,
+                             manifest["state"].get("reason"))
         chosen = [c for c in RESTORE_ORDER if c in selected and c not in missing]
         if not chosen:
             raise ValueError(f"none of the selected components ({', '.join(selected)}) is in the backup of {date}")

@@ -83,6 +83,9 @@ class Artifact:
     encryption: str | None = None
     key_fingerprint: str | None = None
     content_type: str = "application/octet-stream"
+    #: the object's ETag in the bucket, recorded at commit: readers fetch it If-Match, so an object replaced
+    #: after the manifest was written is refused rather than mixed with the others
+    etag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +173,15 @@ def decrypted_chunks(chunks: Iterable[bytes], cipher: Cipher) -> Iterator[bytes]
     tail = decryptor.finalize()
     if tail:
         yield tail
+
+
+def state_captured_at(manifest: dict[str, Any]) -> str | None:
+    """When a manifest's state parts were captured: its ``state.captured_at``; for manifests written before
+    that field existed (which captured everything), the oldest ``captured_at`` of its components."""
+    if "state" in manifest:
+        return manifest["state"].get("captured_at")
+    times = [c.get("captured_at") for c in manifest.get("components", {}).values() if c.get("captured_at")]
+    return min(times) if times else None
 
 
 class _MultipartSink:
@@ -362,6 +374,21 @@ class BackupRepository:
         return f"{date}/{rest}"
 
     @staticmethod
+    def previous_manifest_key(staged_key: str) -> str:
+        """Where a rerun keeps the date's previous manifest while it swaps its staged objects in."""
+        date, _, rest = staged_key.partition("/")
+        token = rest.split("/", 2)[1]
+        return f"{date}/{STAGING_DIR}/{token}/previous-{MANIFEST_NAME}"
+
+    def previous_manifest(self, date: str, staging: str) -> dict[str, Any] | None:
+        """The manifest ``date`` had before a rerun's commit started: the current one, or the copy kept aside."""
+        current = self.read_manifest(date)
+        if current is not None:
+            return current
+        key = self.previous_manifest_key(f"{check_date(date)}/{STAGING_DIR}/{staging}/x")
+        return json.loads(b"".join(self.iter_object(key))) if self.head(key) is not None else None
+
+    @staticmethod
     def manifest_key(date: str) -> str:
         return f"{check_date(date)}/{MANIFEST_NAME}"
 
@@ -414,11 +441,18 @@ class BackupRepository:
         return writer.artifact
 
     # -- reading --------------------------------------------------------------------------------------
-    def iter_object(self, key: str, chunk_size: int = MiB) -> Iterator[bytes]:
+    def iter_object(self, key: str, chunk_size: int = MiB, etag: str | None = None) -> Iterator[bytes]:
+        """The object's bytes, streamed; with ``etag``, only if the object is still that version of it."""
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=key, **({"IfMatch": etag} if etag else {}))["Body"]
         except self.client.exceptions.NoSuchKey:
             raise RepositoryError(f"s3://{self.bucket}/{key} does not exist") from None
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                raise
+            raise RepositoryError(
+                f"s3://{self.bucket}/{key} was replaced after its manifest was written (ETag {etag} expected): a "
+                "rerun of that date is replacing the backup, or the object was changed by hand") from None
         try:
             yield from body.iter_chunks(chunk_size)
         finally:
@@ -429,7 +463,7 @@ class BackupRepository:
         """The artifact's original bytes (decrypted with ``cipher`` if it is encrypted, decompressed), streamed."""
         if isinstance(artifact, dict):
             artifact = Artifact.from_dict(artifact)
-        chunks = self.iter_object(artifact.key, chunk_size)
+        chunks = self.iter_object(artifact.key, chunk_size, artifact.etag)
         if artifact.encryption:
             if cipher is None:
                 raise RepositoryError(f"{artifact.key} is encrypted ({artifact.encryption}, key "
@@ -458,7 +492,7 @@ class BackupRepository:
                 yield chunk
 
         try:
-            chunks = counted(self.iter_object(key))
+            chunks = counted(self.iter_object(key, etag=artifact.get("etag")))
             if artifact.get("encryption"):
                 if cipher is None:
                     return [f"{key}: encrypted, and no key was given to check it"]
@@ -569,11 +603,15 @@ class BackupRepository:
             comp["items"][result.item] = {
                 "captured_at": result.captured_at,
                 "counts": result.counts,
-                "artifacts": [a.key for a in result.artifacts],
+                "artifacts": [self.final_key(a.key) for a in result.artifacts],
                 **({"details": result.details} if result.details else {}),
             }
             for artifact in result.artifacts:
-                artifacts.append({**artifact.to_dict(), "component": result.component, "item": result.item})
+                entry = {**artifact.to_dict(), "key": self.final_key(artifact.key), "component": result.component,
+                         "item": result.item}
+                if entry["key"] != artifact.key:
+                    entry["staged_key"] = artifact.key
+                artifacts.append(entry)
         keys = [a["key"] for a in artifacts]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
@@ -589,22 +627,68 @@ class BackupRepository:
         }
 
     def commit_manifest(self, manifest: dict[str, Any]) -> str:
-        """Check every artifact is in the bucket with its recorded size, then write the manifest (last)."""
+        """Close a backup: put every artifact in place, record its ETag, write the manifest last, prune the rest.
+
+        Artifacts written aside (``staged_key``: a rerun of a date that already held a complete backup) are
+        checked, then the old manifest is removed, each is copied into place server-side and checked again;
+        until that moment the previous backup of the date stayed whole and restorable, and a failure here
+        leaves the date without a manifest (incomplete, never half-restored) and the staged objects in place
+        for a retry. Every other artifact must already be in place with its recorded size. Objects under the
+        date that the new manifest does not name (an earlier run's, staging folders) are removed afterwards.
+        """
         date = manifest["backup_date"]
         problems = []
         for artifact in manifest["artifacts"]:
-            head = self.head(artifact["key"])
+            source = artifact.get("staged_key") or artifact["key"]
+            head = self.head(source)
             if head is None:
-                problems.append(f"{artifact['key']}: missing")
+                problems.append(f"{source}: missing")
             elif head["ContentLength"] != artifact["size"]:
-                problems.append(f"{artifact['key']}: {head['ContentLength']} bytes stored, {artifact['size']} expected")
+                problems.append(f"{source}: {head['ContentLength']} bytes stored, {artifact['size']} expected")
+            elif artifact.get("etag") and not artifact.get("staged_key") and head["ETag"] != artifact["etag"]:
+                problems.append(f"{source}: changed since it was recorded (ETag {head['ETag']}, "
+                                f"not {artifact['etag']})")
+            else:
+                artifact["etag"] = head["ETag"]
         if problems:
             raise RepositoryError(f"backup {date} is not consistent, manifest not written: " + "; ".join(problems))
+        staged = [a for a in manifest["artifacts"] if a.get("staged_key")]
         key = self.manifest_key(date)
+        if staged:
+            # Kept aside until the new manifest is written, so a retry after a failure below still finds it.
+            aside = self.previous_manifest_key(staged[0]["staged_key"])
+            if self.head(key) is not None:
+                self.client.copy_object(Bucket=self.bucket, Key=aside, CopySource={"Bucket": self.bucket, "Key": key})
+            if self.discard_manifest(date):
+                log.info("backup %s: previous manifest removed, moving %d staged objects into place", date, len(staged))
+            for artifact in staged:
+                self._promote(artifact)
+        state = manifest.get("state") or {}
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                               Metadata={"state-captured-at": state.get("captured_at") or ""})
         log.info("manifest s3://%s/%s written: %d artifacts", self.bucket, key, len(manifest["artifacts"]))
+        keep = {a["key"] for a in manifest["artifacts"]} | {key}
+        for obj in self.list_keys(f"{date}/"):
+            if obj["Key"] not in keep:
+                log.info("removing %s: not part of the backup of %s (an earlier run's, or staged)", obj["Key"], date)
+                self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
         return key
+
+    def _promote(self, artifact: dict[str, Any]) -> None:
+        """Copy a staged object to its final key (server-side), check it, record its ETag."""
+        from boto3.s3.transfer import TransferConfig
+
+        source = artifact.pop("staged_key")
+        # One CopyObject up to 4 GiB (metadata kept); S3's multipart copy beyond, part by part.
+        config = TransferConfig(multipart_threshold=4 * 1024 * MiB, multipart_chunksize=512 * MiB)
+        self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, artifact["key"], Config=config)
+        head = self.head(artifact["key"])
+        if head is None or head["ContentLength"] != artifact["size"]:
+            raise RepositoryError(f"{source} -> {artifact['key']}: the copy is missing or has another size")
+        artifact["etag"] = head["ETag"]
+        if artifact["size"] >= PROGRESS_EVERY:
+            log.info("moved %s into place (%d MiB)", artifact["key"], artifact["size"] // MiB)
 
     def read_manifest(self, date: str) -> dict[str, Any] | None:
         key = self.manifest_key(date)
@@ -622,6 +706,38 @@ class BackupRepository:
                 if DATE_RE.match(date) and self.head(f"{date}/{MANIFEST_NAME}") is not None:
                     dates.add(date)
         return sorted(dates)
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """The complete backups, oldest date first: ``{"date", "state_captured_at"}`` each.
+
+        ``state_captured_at`` is when the backup's state parts were captured (None for a backup that holds
+        only interval data); it comes from the manifest's object metadata, or from the manifest itself for
+        manifests written without it.
+        """
+        entries = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Delimiter="/"):
+            for prefix in page.get("CommonPrefixes", []):
+                date = prefix["Prefix"].rstrip("/")
+                if not DATE_RE.match(date):
+                    continue
+                head = self.head(f"{date}/{MANIFEST_NAME}")
+                if head is None:
+                    continue
+                metadata = head.get("Metadata") or {}
+                if "state-captured-at" in metadata:
+                    captured = metadata["state-captured-at"] or None
+                else:
+                    captured = state_captured_at(self.read_manifest(date) or {})
+                entries.append({"date": date, "state_captured_at": captured})
+        return sorted(entries, key=lambda e: e["date"])
+
+    def latest_state(self) -> str | None:
+        """The date of the complete backup whose state was captured last (ties: the later date); None if none."""
+        candidates = [e for e in self.catalog() if e["state_captured_at"]]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda e: (e["state_captured_at"], e["date"]))["date"]
 
     def discard_manifest(self, date: str) -> bool:
         """Remove a date's manifest (marks the date incomplete while it is rewritten). True if one existed."""

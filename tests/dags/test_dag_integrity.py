@@ -35,15 +35,17 @@ def test_backup_dag_shape(dagbag):
     assert pause.task_id in resume.upstream_task_ids
     assert resume.upstream_task_ids == {"commit_manifest", "pause_ingestion"}
     assert commit.downstream_task_ids == {"resume_ingestion"}
+    # the plan (what a run for this date can capture) right after the pause, before any component
+    assert tasks["plan_backup"].upstream_task_ids == {"pause_ingestion"}
 
-    # one task group per component, in the seed's order, each hanging from the pause
+    # one task group per component, in the seed's order, each hanging from the plan
     groups = [g for g in dag.task_group.children if g in REGISTRY]
     assert groups == list(REGISTRY)
     for name, component in REGISTRY.items():
         members = [t for t in dag.tasks if t.task_id.startswith(f"{name}.")]
         assert members, name
-        roots = [t for t in members if not (t.upstream_task_ids - {"pause_ingestion"})]
-        assert all(t.upstream_task_ids == {"pause_ingestion"} for t in roots)
+        roots = [t for t in members if not (t.upstream_task_ids - {"plan_backup"})]
+        assert roots and all(t.upstream_task_ids == {"plan_backup"} for t in roots)
         backup = tasks[commit.results_from[name]]
         assert backup.task_id in commit.upstream_task_ids
         if component.item_noun:  # one mapped task per item, named after the item in the UI

@@ -1,5 +1,12 @@
 """Prometheus: the metrics (TSDB) and what tells it what to scrape and alert on, the whole server at once.
 
+Its backup has both kinds of parts: the TSDB is interval data (samples stamped with their time), while
+``prometheus.yml`` and the rule files are state (what the server is told to do now). A run in ``capture``
+mode (every nightly or manual run) takes all of it: every block, and the configuration. A run in
+``interval`` mode (a backfill of a day older than a complete backup) takes only the blocks overlapping its
+data interval ``[start, end)`` (``BackupContext.window()``), and no configuration: it neither reads nor
+needs ``config_dir``, as it must not fail for a part it does not take. See "Interval mode" below.
+
 The backup writes, under ``<date>/prometheus/``:
 
 ``tsdb/<block ulid>/{meta.json,index,chunks/000001,...,tombstones}.zst``
@@ -37,14 +44,29 @@ The backup writes, under ``<date>/prometheus/``:
 
 Counts: ``blocks``, ``series`` (the sum of each block's ``stats.numSeries``: a series living in several blocks
 counts once per block), ``samples``, ``files`` and ``bytes`` (every file uploaded, original sizes),
-``rule_files`` and ``rules``. Details: the time range covered, the Prometheus version, each block's range and
-stats, which blocks overlap the DAG run's data interval (for interval-based backfill; nothing is
-filtered on it yet), and ``verify_samples``: right after the snapshot, a few series (``up`` and the metric
-with the most series, or ``components.prometheus.verify_selectors``; 5 series each) are read back raw
-over the snapshot's range and summarised (count, first and last timestamp, sha256), which is what the
-restore is checked against. The window ends a margin before the snapshot (the longest scrape timeout or
-evaluation interval + 15 s, plus any out-of-order window): a sample is committed when its scrape ends,
-after the time it is stamped with, so older samples are surely all in both the snapshot and the answer.
+``rule_files`` and ``rules``. Details: ``mode`` (``capture`` or ``interval``), the time range covered, the
+Prometheus version, each block's range and stats, ``data_interval`` (the run's window: ``start``, ``end``,
+``source`` as ``BackupContext.window()`` gives them, and the ULIDs of the blocks overlapping it), and
+``verify_samples``: right after the snapshot, a few series (``up`` and the metric with the most series, or
+``components.prometheus.verify_selectors``; 5 series each) are read back raw over the snapshot's range and
+summarised (count, first and last timestamp, sha256), which is what the restore is checked against. The
+window ends a margin before the snapshot (the longest scrape timeout or evaluation interval + 15 s, plus
+any out-of-order window): a sample is committed when its scrape ends, after the time it is stamped with,
+so older samples are surely all in both the snapshot and the answer.
+
+Interval mode: the snapshot is made as in capture mode (head included, so a day whose samples are still
+in the head is covered, by the head's block), but only the blocks holding samples of ``[start, end)`` are
+uploaded, file for file (a block's ``maxTime`` is exclusive: one ending at ``start`` holds none of it);
+the others are logged and their ULIDs recorded in ``blocks_left_out``; the snapshot is removed afterwards
+all the same. No ``prometheus.yml`` nor rule file is written. The counts are those of the uploaded blocks
+(``rule_files`` and ``rules`` 0). ``verify_samples`` covers the window only (``start`` to ``end`` - 1 ms,
+clipped to the margin above), so a restore of just those blocks can be checked; its series are the ones the
+index holds in the window (``/api/v1/series``: a past day's series need not be alive at its end), the
+metric with the most series being the head's if the window holds it, else the first name it holds. A
+window no block overlaps (nothing scraped then, or gone with the retention) gives a backup of zero blocks
+and a warning, not an error. Blocks are whole: one overlapping the window also holds samples outside it
+(up to 2 h on either side for level-1 blocks, more for compacted ones), and the head's block overlaps the
+windows of the last hours.
 
 Restore (onto the server the ``prometheus`` connection names, through the same two mounts):
 
@@ -64,6 +86,11 @@ Restore (onto the server the ``prometheus`` connection names, through the same t
   target's retention (counted from its newest block) are deleted by it at that reload: a warning names
   them. Stopping Prometheus during the restore is the safest and works too: the files are put in place,
   and it loads them when it starts.
+- a backup of the TSDB only (interval mode) restores its blocks as above and leaves the target's
+  configuration alone (the log says so), without needing ``config_dir``. The interval backups of several
+  days can be restored one after the other onto one server: a persisted block two of them hold (a
+  compacted block spanning midnight) is found identical the second time and left alone; the head's blocks
+  of two snapshots have ULIDs of their own and may overlap, which Prometheus merges (identical samples once).
 - ``prometheus.yml`` (decrypted when it was stored encrypted) and the rule files go back to
   ``config_dir`` (``prometheus.yml`` under the target's ``--config.file`` name), each written to a
   temporary file in the same folder, fsynced and renamed over the old one, which is kept as
@@ -76,7 +103,8 @@ Restore (onto the server the ``prometheus`` connection names, through the same t
 its head/WAL (``/api/v1/status/tsdb``), and configuration files that differ from the backup's. After a
 restore, ``verify_restore`` checks that every backed-up block is in the data dir with its ``meta.json``
 range and stats (or compacted into a bigger block), the configuration and rule files byte for byte, that
-the server runs that configuration, and that it answers the recorded series with the same samples.
+the server runs that configuration (both only when the backup holds them), and that it answers the
+recorded series with the same samples.
 
 To restore by hand: stop Prometheus, put each ``tsdb/<ulid>/`` into its ``--storage.tsdb.path`` with the
 ``.zst`` stripped (``promtool tsdb list <dir>`` lists the blocks), put back the configuration, start it.
@@ -99,7 +127,15 @@ from typing import Any
 
 import yaml
 
-from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
+from ragvault.components.base import (
+    CAPTURE,
+    INTERVAL,
+    STATE,
+    BackupContext,
+    Component,
+    ComponentError,
+    RestoreContext,
+)
 from ragvault.crypto import Cipher, EncryptionError, load_cipher
 from ragvault.hooks.prometheus import PrometheusError, PrometheusHook, PrometheusUnreachable
 from ragvault.repository import Artifact, ItemResult, MiB, RepositoryError, utcnow_iso
@@ -116,6 +152,8 @@ MAX_DIFFERENCES = 20
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 #: series recorded per selector at backup time, and the slice of time queried at once (raw samples)
 VERIFY_SERIES_PER_SELECTOR = 5
+#: series looked at per selector at most, to find those with samples in an interval-mode window
+VERIFY_CANDIDATES_PER_SELECTOR = 4 * VERIFY_SERIES_PER_SELECTOR
 VERIFY_CHUNK_MS = 86_400_000
 #: added to the longest scrape timeout / evaluation interval: samples younger than that may still be in flight
 INGEST_SLACK_MS = 15_000
@@ -134,6 +172,9 @@ class PrometheusComponent(Component):
     name = "prometheus"
     title = "Prometheus (metrics and alerts): TSDB snapshot, prometheus.yml and rule files"
     item_noun = None
+    #: the TSDB is interval data (the blocks overlapping the run's interval); prometheus.yml and the rule
+    #: files are state
+    parts = frozenset({STATE, INTERVAL})
 
     def hook(self) -> PrometheusHook:
         return PrometheusHook(prometheus_conn_id=self.settings.conn_id("prometheus"))
@@ -142,8 +183,13 @@ class PrometheusComponent(Component):
         return self.hook().base_url
 
     def backup(self, ctx: BackupContext, item: str | None) -> ItemResult:
+        capture = ctx.capture_state
+        start, end, source = ctx.window()
+        window_ms = (_ms(start), _ms(end))
         data_dir = self._configured_dir("data_dir", "tsdb", "--storage.tsdb.path")
-        config_dir = self._configured_dir("config_dir", CONFIG_NAME, "the directory of --config.file")
+        # The configuration is state: a run that does not capture state neither needs nor reads its mount.
+        config_dir = (self._configured_dir("config_dir", CONFIG_NAME, "the directory of --config.file")
+                      if capture else None)
         hook = self.hook()
         try:
             build = hook.buildinfo()
@@ -154,28 +200,49 @@ class PrometheusComponent(Component):
         version = build.get("version")
         server_data_dir = flags.get("storage.tsdb.path") or "?"
         server_config = flags.get("config.file") or ""
-        ctx.log.info("prometheus %s at %s: data dir %s (mounted at %s), config %s (mounted at %s)",
-                     version, hook.base_url, server_data_dir, data_dir, server_config or "?", config_dir)
+        ctx.log.info("prometheus %s at %s: data dir %s (mounted at %s), config %s (%s)", version, hook.base_url,
+                     server_data_dir, data_dir, server_config or "?",
+                     f"mounted at {config_dir}" if config_dir else "not taken: interval mode")
 
         if not (data_dir / "wal").is_dir():
             raise ComponentError(self.name, "tsdb",
                                  f"{data_dir} is not a Prometheus data directory (no wal/ in it): "
                                  "components.prometheus.data_dir must be where the server's "
                                  f"--storage.tsdb.path ({server_data_dir}) is mounted on this worker")
-        config_file = config_dir / (self.config.get("config_file") or Path(server_config).name or CONFIG_NAME)
-        if not config_file.is_file():
-            raise ComponentError(
-                self.name, CONFIG_NAME,
-                f"{config_file} does not exist on this worker: components.prometheus.config_dir must be "
-                f"where the directory of the server's --config.file ({server_config or '?'}) is mounted "
-                "(set config_file if the file has another name)")
-
-        # The configuration first: it is quick, and a missing backup key fails before any snapshot is made.
-        config_artifacts, config = self._config(ctx, config_file, config_dir, server_config, loaded)
+        if config_dir is not None:
+            config_file = config_dir / (self.config.get("config_file") or Path(server_config).name
+                                        or CONFIG_NAME)
+            if not config_file.is_file():
+                raise ComponentError(
+                    self.name, CONFIG_NAME,
+                    f"{config_file} does not exist on this worker: components.prometheus.config_dir must be "
+                    f"where the directory of the server's --config.file ({server_config or '?'}) is mounted "
+                    "(set config_file if the file has another name)")
+            # The configuration first: it is quick, and a missing backup key fails before any snapshot is made.
+            config_artifacts, config = self._config(ctx, config_file, config_dir, server_config, loaded)
+        else:
+            ctx.log.info("prometheus: interval mode: %s and the rule files are state, which this run does not "
+                         "capture; only the TSDB blocks overlapping [%s, %s) (%s) are backed up", CONFIG_NAME,
+                         start.isoformat(), end.isoformat(), source)
+            config_artifacts, config = [], None
         captured_at = utcnow_iso()
-        tsdb_artifacts, tsdb = self._tsdb(ctx, hook, data_dir, server_data_dir, loaded)
+        tsdb_artifacts, tsdb = self._tsdb(ctx, hook, data_dir, server_data_dir, loaded,
+                                          None if capture else window_ms)
         artifacts = tsdb_artifacts + config_artifacts
         blocks = tsdb["blocks"]
+        details: dict[str, Any] = {
+            "mode": CAPTURE if capture else INTERVAL,
+            "version": version,
+            "revision": build.get("revision"),
+            "storage_path": server_data_dir,
+            "retention_time": flags.get("storage.tsdb.retention.time"),
+            "retention_size": flags.get("storage.tsdb.retention.size"),
+            **tsdb,
+            "data_interval": {"start": start.isoformat(), "end": end.isoformat(), "source": source,
+                              "blocks": [b["ulid"] for b in blocks if _overlaps(b, *window_ms)]},
+        }
+        if config is not None:
+            details["config"] = config
         return ctx.result(
             "all",
             captured_at=captured_at,
@@ -186,20 +253,11 @@ class PrometheusComponent(Component):
                 "samples": sum(b["samples"] for b in blocks),
                 "files": len(artifacts),
                 "bytes": sum(a.raw_size or 0 for a in artifacts),
-                "rule_files": len(config["rule_files"]),
-                "rules": config["rules"],
+                "rule_files": len(config["rule_files"]) if config else 0,
+                "rules": config["rules"] if config else 0,
             },
             artifacts=artifacts,
-            details={
-                "version": version,
-                "revision": build.get("revision"),
-                "storage_path": server_data_dir,
-                "retention_time": flags.get("storage.tsdb.retention.time"),
-                "retention_size": flags.get("storage.tsdb.retention.size"),
-                **tsdb,
-                "data_interval": _interval_overlap(ctx.run, blocks),
-                "config": config,
-            },
+            details=details,
         )
 
     def _configured_dir(self, key: str, item: str, what: str) -> Path:
@@ -217,7 +275,13 @@ class PrometheusComponent(Component):
 
     # -- TSDB ---------------------------------------------------------------------------------------------
     def _tsdb(self, ctx: BackupContext, hook: PrometheusHook, data_dir: Path, server_data_dir: str,
-              loaded_yaml: str) -> tuple[list[Artifact], dict[str, Any]]:
+              loaded_yaml: str, window: tuple[int, int] | None) -> tuple[list[Artifact], dict[str, Any]]:
+        """Snapshot the TSDB, upload it, record the restore's check, remove the snapshot.
+
+        ``window`` (``(start_ms, end_ms)``, interval mode): only the blocks overlapping ``[start, end)`` are
+        uploaded, and the check covers that window; ``None`` (capture mode): every block, over the
+        snapshot's range.
+        """
         requested_ms = int(time.time() * 1000)
         try:
             name = hook.snapshot(skip_head=False)
@@ -233,9 +297,16 @@ class PrometheusComponent(Component):
                 "server's --storage.tsdb.path is mounted. The snapshot is left on the server: remove "
                 f"{server_data_dir}/snapshots/{name} there")
         removed = False
+        left_out: list[str] = []
         try:
-            samples = self._record_samples(ctx, hook, snapshot, loaded_yaml, requested_ms)
-            uploads, blocks = self._upload_snapshot(ctx, snapshot)
+            if window is None:
+                samples = self._record_samples(ctx, hook, loaded_yaml, requested_ms, _snapshot_start(snapshot))
+                uploads, blocks = self._upload_snapshot(ctx, snapshot)
+            else:
+                chosen, left_out = self._select_blocks(ctx, snapshot, *window)
+                samples = self._record_samples(ctx, hook, loaded_yaml, requested_ms,
+                                               window[0] if chosen else None, window)
+                uploads, blocks = self._upload_snapshot(ctx, snapshot, chosen)
             self._verify(ctx, uploads)
         finally:
             try:
@@ -246,9 +317,13 @@ class PrometheusComponent(Component):
         if removed:
             ctx.log.info("prometheus: snapshot %s uploaded, verified and removed from %s",
                          name, snapshot.parent)
-        if not blocks:
+        if not blocks and window is None:
             ctx.log.warning("prometheus: snapshot %s holds no block: the server has no samples yet", name)
-        return [artifact for _, artifact in uploads], {
+        elif not blocks:
+            ctx.log.warning("prometheus: no block of snapshot %s overlaps [%s, %s): the backup holds no sample "
+                            "of that interval (the server held none, or no longer does: its retention)", name,
+                            _iso_ms(window[0]), _iso_ms(window[1]))
+        details = {
             "snapshot": name,
             "snapshot_removed": removed,
             "head_included": True,
@@ -257,24 +332,66 @@ class PrometheusComponent(Component):
             "blocks": blocks,
             "verify_samples": samples,
         }
+        if window is not None:
+            details["blocks_left_out"] = left_out
+        return [artifact for _, artifact in uploads], details
 
-    def _upload_snapshot(self, ctx: BackupContext,
-                         snapshot: Path) -> tuple[list[tuple[Path, Artifact]], list[dict[str, Any]]]:
-        """Upload each file of the snapshot as ``tsdb/<path>.zst``: (file, artifact) pairs, and the blocks."""
+    def _select_blocks(self, ctx: BackupContext, snapshot: Path, start_ms: int,
+                       end_ms: int) -> tuple[list[Path], list[str]]:
+        """The snapshot's block directories overlapping ``[start_ms, end_ms)``, and the ULIDs of the others.
+
+        A block holds samples from its ``minTime`` up to, not including, its ``maxTime``, so one that ends
+        where the window starts holds none of it.
+        """
+        chosen, left_out = [], []
+        for block_dir in sorted(p for p in snapshot.iterdir() if (p / "meta.json").is_file()):
+            meta = self._read_meta(block_dir)
+            if meta["minTime"] < end_ms and meta["maxTime"] > start_ms:
+                chosen.append(block_dir)
+                continue
+            left_out.append(meta["ulid"])
+            ctx.log.info("prometheus: block %s (%s .. %s) left out: it holds no sample of [%s, %s)",
+                         meta["ulid"], _iso_ms(meta["minTime"]), _iso_ms(meta["maxTime"]), _iso_ms(start_ms),
+                         _iso_ms(end_ms))
+        ctx.log.info("prometheus: interval mode: %d of the snapshot's %d block(s) overlap [%s, %s) and are "
+                     "backed up (%s); %d left out", len(chosen), len(chosen) + len(left_out), _iso_ms(start_ms),
+                     _iso_ms(end_ms), ", ".join(p.name for p in chosen) or "none", len(left_out))
+        return chosen, left_out
+
+    def _upload_snapshot(self, ctx: BackupContext, snapshot: Path, block_dirs: list[Path] | None = None,
+                         ) -> tuple[list[tuple[Path, Artifact]], list[dict[str, Any]]]:
+        """Upload each file of the snapshot (of ``block_dirs`` only, when given) as ``tsdb/<path>.zst``.
+
+        Returns (file, artifact) pairs, and the blocks uploaded.
+        """
+        if block_dirs is None:
+            files = sorted(p for p in snapshot.rglob("*") if p.is_file())
+            block_dirs = sorted(p for p in snapshot.iterdir() if (p / "meta.json").is_file())
+        else:
+            files = sorted(p for block_dir in block_dirs for p in block_dir.rglob("*") if p.is_file())
         uploads: list[tuple[Path, Artifact]] = []
-        for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+        for path in files:
             relative = path.relative_to(snapshot).as_posix()
             with ctx.open_artifact(f"tsdb/{relative}", compression="zstd") as writer:
                 writer.write_all(_file_chunks(path))
             uploads.append((path, writer.artifact))
-        blocks = [self._block(ctx, block_dir, uploads)
-                  for block_dir in sorted(p for p in snapshot.iterdir() if (p / "meta.json").is_file())]
+        blocks = [self._block(ctx, block_dir, uploads) for block_dir in block_dirs]
         return uploads, blocks
+
+    def _read_meta(self, block_dir: Path) -> dict[str, Any]:
+        """A snapshot block's ``meta.json``, its ``ulid``, ``minTime`` and ``maxTime`` checked."""
+        try:
+            meta = json.loads((block_dir / "meta.json").read_bytes())
+            return {**meta, "ulid": str(meta["ulid"]), "minTime": int(meta["minTime"]),
+                    "maxTime": int(meta["maxTime"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ComponentError(self.name, "tsdb",
+                                 f"{block_dir}/meta.json is not a block's meta.json: {exc}") from exc
 
     def _block(self, ctx: BackupContext, block_dir: Path,
                uploads: list[tuple[Path, Artifact]]) -> dict[str, Any]:
+        meta = self._read_meta(block_dir)
         try:
-            meta = json.loads((block_dir / "meta.json").read_bytes())
             stats = meta.get("stats", {})
             block = {
                 "ulid": meta["ulid"],
@@ -287,7 +404,7 @@ class PrometheusComponent(Component):
                 "chunks": int(stats.get("numChunks", 0)),
                 "level": int(meta.get("compaction", {}).get("level", 0)),
             }
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ComponentError(self.name, "tsdb",
                                  f"{block_dir}/meta.json is not a block's meta.json: {exc}") from exc
         if not (block_dir / "index").is_file() or not (block_dir / "chunks").is_dir():
@@ -316,45 +433,55 @@ class PrometheusComponent(Component):
                                  + "; ".join(problems[:MAX_DIFFERENCES]))
         ctx.log.info("prometheus: %d snapshot files verified in the bucket", len(uploads))
 
-    def _record_samples(self, ctx: BackupContext, hook: PrometheusHook, snapshot: Path, loaded_yaml: str,
-                        requested_ms: int) -> dict[str, Any]:
-        """What a few series hold over the snapshot's range, as the server answers it: the restore's check.
+    def _record_samples(self, ctx: BackupContext, hook: PrometheusHook, loaded_yaml: str, requested_ms: int,
+                        start: int | None, window: tuple[int, int] | None = None) -> dict[str, Any]:
+        """What a few series hold from ``start`` on, as the server answers it: the restore's check.
 
-        The window ends ``margin_ms`` before the snapshot was asked for: a sample is committed when its
-        scrape (or rule evaluation) ends, after the time it is stamped with, so only samples older than
-        the longest scrape timeout / evaluation interval (plus the out-of-order window, if any) are surely
-        all in the snapshot, and all in this answer. Each series is summarised (count, first and last
-        timestamp, sha256 of every ``<ms> <value>`` line), so the manifest stays small.
+        Capture mode: from the snapshot's first sample; interval mode (``window``): over the window
+        ``[start, end)``, so a restore of just its blocks can be checked. Either way the range ends
+        ``margin_ms`` before the snapshot was asked for: a sample is committed when its scrape (or rule
+        evaluation) ends, after the time it is stamped with, so only samples older than the longest scrape
+        timeout / evaluation interval (plus the out-of-order window, if any) are surely all in the snapshot,
+        and all in this answer. Each series is summarised (count, first and last timestamp, sha256 of every
+        ``<ms> <value>`` line), so the manifest stays small. ``start`` None: nothing to record.
         """
         margin = ingest_margin_ms(loaded_yaml)
-        record: dict[str, Any] = {"start_ms": None, "end_ms": requested_ms - margin, "margin_ms": margin,
+        end = requested_ms - margin
+        if window is not None:
+            end = min(window[1] - 1, end)  # the window's end is exclusive; series_samples' is not
+        record: dict[str, Any] = {"start_ms": None, "end_ms": end, "margin_ms": margin,
                                   "selectors": [], "series": []}
-        starts = []
-        for meta_file in snapshot.glob("*/meta.json"):
-            try:
-                starts.append(int(json.loads(meta_file.read_bytes())["minTime"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # _block reports a broken meta.json
-        if not starts:
+        if start is None:
             return record
-        start = record["start_ms"] = min(starts)
-        end = record["end_ms"]
+        record["start_ms"] = start
         if end <= start:
-            ctx.log.info("prometheus: the server holds no sample older than %d s yet: no series recorded for "
-                         "the restore's check", margin // 1000)
+            ctx.log.info("prometheus: %s: no series recorded for the restore's check",
+                         f"the server holds no sample older than {margin // 1000} s yet" if window is None else
+                         f"the window starts less than {margin // 1000} s before the snapshot, none of its "
+                         "samples is surely committed yet")
             return record
         try:
-            selectors = record["selectors"] = self._verify_selectors(hook)
+            selectors = record["selectors"] = self._verify_selectors(hook, None if window is None
+                                                                     else (start, end))
             seen = set()
             for selector in selectors:
-                picked = hook.query(f"topk({VERIFY_SERIES_PER_SELECTOR}, {selector})", time=_seconds(end))
-                for labels in sorted((s["metric"] for s in picked), key=_labels_key):
+                if window is None:  # the series with the highest values when the range ends
+                    candidates = [s["metric"] for s in hook.query(f"topk({VERIFY_SERIES_PER_SELECTOR}, "
+                                                                  f"{selector})", time=_seconds(end))]
+                else:  # a past window's series need not be alive at its end: the index says which it holds
+                    candidates = hook.request("GET", "/api/v1/series", params={
+                        "match[]": selector, "start": _seconds(start), "end": _seconds(end)}) or []
+                kept = 0
+                for labels in sorted(candidates, key=_labels_key)[:VERIFY_CANDIDATES_PER_SELECTOR]:
                     if _labels_key(labels) in seen or "__name__" not in labels:
                         continue
                     seen.add(_labels_key(labels))
                     summary = series_samples(hook, labels, start, end)
                     if summary["samples"]:
                         record["series"].append(summary)
+                        kept += 1
+                        if kept == VERIFY_SERIES_PER_SELECTOR:
+                            break
         except PrometheusError as exc:
             ctx.log.warning("prometheus: could not record the samples the restore is checked against (%s); "
                             "the restore will be checked on its blocks and files only", exc)
@@ -364,16 +491,25 @@ class PrometheusComponent(Component):
                      len(record["series"]), ", ".join(record["selectors"]), _iso_ms(start), _iso_ms(end))
         return record
 
-    def _verify_selectors(self, hook: PrometheusHook) -> list[str]:
-        """``components.prometheus.verify_selectors``, else ``up`` and the metric with the most series."""
+    def _verify_selectors(self, hook: PrometheusHook, span: tuple[int, int] | None = None) -> list[str]:
+        """``components.prometheus.verify_selectors``, else ``up`` and the metric with the most series.
+
+        The metric with the most series is the head's (``/api/v1/status/tsdb``). With ``span`` (interval
+        mode), it must have series in ``[start_ms, end_ms]``: else the first metric name (sorted) that does.
+        """
         configured = self.config.get("verify_selectors")
         if configured:
             return [str(selector) for selector in configured]
+        names = [entry["name"] for entry in hook.tsdb_status().get("seriesCountByMetricName") or []
+                 if entry.get("name")]
+        if span is not None:
+            held = hook.request("GET", "/api/v1/label/__name__/values", params={
+                "start": _seconds(span[0]), "end": _seconds(span[1])}) or []
+            names = [name for name in names if name in set(held)] + sorted(held)
         selectors = ["up"]
-        for entry in hook.tsdb_status().get("seriesCountByMetricName") or []:
-            if entry.get("name") and entry["name"] != "up":
-                selectors.append(f'{{__name__="{_escape_label(entry["name"])}"}}')
-                break
+        name = next((name for name in names if name != "up"), None)
+        if name is not None:
+            selectors.append(f'{{__name__="{_escape_label(name)}"}}')
         return selectors
 
     # -- configuration and rules ----------------------------------------------------------------------------
@@ -455,7 +591,7 @@ class PrometheusComponent(Component):
 
     def inspect_target(self, ctx: RestoreContext, item: str) -> dict[str, Any]:
         data_dir = self._configured_dir("data_dir", "tsdb", "--storage.tsdb.path")
-        config_dir = self._configured_dir("config_dir", CONFIG_NAME, "the directory of --config.file")
+        config_dir = self._restore_config_dir(ctx, item)
         hook = self.hook()
         flags = self._target_flags(ctx, hook)
         held, serving, parts = False, False, []
@@ -482,17 +618,18 @@ class PrometheusComponent(Component):
                 parts.append(f"its WAL holds {wal} bytes (Prometheus does not answer: how many samples is "
                              "unknown)")
 
-        replaced = [f"{destination.relative_to(config_dir)}"
-                    for path, artifact, destination in self._config_targets(ctx, item, config_dir, flags)
-                    if destination.exists()
-                    and not _same_content(destination, self._read_config(ctx, path, artifact))]
+        replaced = [] if config_dir is None else [
+            f"{destination.relative_to(config_dir)}"
+            for path, artifact, destination in self._config_targets(ctx, item, config_dir, flags)
+            if destination.exists() and not _same_content(destination, self._read_config(ctx, path, artifact))]
         if replaced:
             held = True
             parts.append(f"{', '.join(replaced)} in {config_dir} differ from the backup's and would be "
                          f"replaced (each kept as <name>.ragvault-{ctx.date}.bak)")
         if not held:
-            return {"holds_data": False, "what": f"{data_dir} holds no TSDB block and no sample, and no "
-                                                 f"configuration file in {config_dir} would be replaced"}
+            return {"holds_data": False, "what": f"{data_dir} holds no TSDB block and no sample" + (
+                f", and no configuration file in {config_dir} would be replaced" if config_dir else
+                " (the backup holds no configuration file)")}
         if serving:
             parts.append("the backup's blocks are added beside what the server holds (Prometheus merges "
                          "overlapping series)")
@@ -500,7 +637,7 @@ class PrometheusComponent(Component):
 
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         data_dir = self._configured_dir("data_dir", "tsdb", "--storage.tsdb.path")
-        config_dir = self._configured_dir("config_dir", CONFIG_NAME, "the directory of --config.file")
+        config_dir = self._restore_config_dir(ctx, item)
         hook = self.hook()
         flags = self._target_flags(ctx, hook)
         if flags is None:
@@ -515,7 +652,12 @@ class PrometheusComponent(Component):
         counts = self._restore_blocks(ctx, item, data_dir)
         if flags is not None and (counts["blocks_written"] or counts["blocks_replaced"]):
             self._warn_retention(ctx, hook, data_dir)
-        counts.update(self._restore_config(ctx, item, config_dir, hook, flags))
+        if config_dir is not None:
+            counts.update(self._restore_config(ctx, item, config_dir, hook, flags))
+        else:
+            ctx.log.info("prometheus: the backup of %s holds TSDB blocks only (an interval-mode backup): the "
+                         "target's %s and rule files are left as they are", ctx.date, CONFIG_NAME)
+            counts.update(config_files=0, config_unchanged=0, config_reloaded=0)
 
         counts["blocks_loaded"] = 0
         counts["restart_needed"] = int(bool(counts["blocks_replaced"]) and flags is not None)
@@ -530,7 +672,7 @@ class PrometheusComponent(Component):
 
     def verify_restore(self, ctx: RestoreContext, item: str) -> list[str]:
         data_dir = self._configured_dir("data_dir", "tsdb", "--storage.tsdb.path")
-        config_dir = self._configured_dir("config_dir", CONFIG_NAME, "the directory of --config.file")
+        config_dir = self._restore_config_dir(ctx, item)
         details = ctx.item(item).get("details") or {}
         hook = self.hook()
         flags, unreachable = None, ""
@@ -558,9 +700,10 @@ class PrometheusComponent(Component):
                     problems.append(f"block {ulid}: {field} {found.get(field)} in {data_dir}, "
                                     f"{block[key]} in the backup")
 
-        # The configuration and rule files, byte for byte.
+        # The configuration and rule files, byte for byte (a backup of the TSDB only has none).
         restored_config = None
-        for path, artifact, destination in self._config_targets(ctx, item, config_dir, flags):
+        targets = [] if config_dir is None else self._config_targets(ctx, item, config_dir, flags)
+        for path, artifact, destination in targets:
             expected = self._read_config(ctx, path, artifact)
             if not destination.is_file():
                 problems.append(f"{path}: {destination} is missing")
@@ -605,6 +748,16 @@ class PrometheusComponent(Component):
         return problems[:MAX_DIFFERENCES * 5]
 
     # restore helpers
+    def _restore_config_dir(self, ctx: RestoreContext, item: str) -> Path | None:
+        """``config_dir``, when the backup holds configuration files; None for one of the TSDB only.
+
+        An interval-mode backup holds no state part: restoring it neither needs nor touches the mount of
+        the configuration.
+        """
+        if all(path.startswith("tsdb/") for path in ctx.artifacts(item)):
+            return None
+        return self._configured_dir("config_dir", CONFIG_NAME, "the directory of --config.file")
+
     def _call(self, method, item: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
@@ -900,21 +1053,24 @@ def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _to_ms(value: str) -> int:
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _interval_overlap(run: dict[str, Any], blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The blocks holding samples of the run's data interval ``[start, end)`` (maxTime is exclusive)."""
-    start, end = run.get("data_interval_start"), run.get("data_interval_end")
-    if not start or not end:
-        return {"start": start, "end": end, "blocks": None}
-    start_ms, end_ms = _to_ms(start), _to_ms(end)
-    overlapping = [b["ulid"] for b in blocks if b["min_time_ms"] < end_ms and b["max_time_ms"] > start_ms]
-    return {"start": start, "end": end, "blocks": overlapping}
+def _overlaps(block: dict[str, Any], start_ms: int, end_ms: int) -> bool:
+    """Whether a block holds samples of ``[start_ms, end_ms)`` (a block's ``max_time_ms`` is exclusive)."""
+    return block["min_time_ms"] < end_ms and block["max_time_ms"] > start_ms
+
+
+def _snapshot_start(snapshot: Path) -> int | None:
+    """The first sample time of a snapshot's blocks (broken ``meta.json`` files skipped: ``_block`` says)."""
+    starts = []
+    for meta_file in snapshot.glob("*/meta.json"):
+        try:
+            starts.append(int(json.loads(meta_file.read_bytes())["minTime"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return min(starts, default=None)
 
 
 def _rule_files(patterns: list[Any], config_dir: Path,

@@ -2,12 +2,15 @@
 
 Series are pushed to the Pushgateway under a job name of this test's own and scraped by Prometheus; the
 backup's TSDB tree is downloaded and read back with ``promtool``, the tool that ships with Prometheus.
+The interval-mode tests use a private Prometheus whose blocks ``promtool tsdb create-blocks-from
+openmetrics`` made from samples at known past times (the three days before today).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -25,11 +28,12 @@ import requests
 import yaml
 
 from devstack import seed_prometheus
-from ragvault.components.base import ComponentError
-from ragvault.components.prometheus import PrometheusComponent, config_differences
+from ragvault.components.base import INTERVAL, STATE, BackupContext, ComponentError
+from ragvault.components.prometheus import PrometheusComponent, config_differences, disk_blocks
 from ragvault.config import load_settings
 from ragvault.crypto import Cipher
 from ragvault.hooks.prometheus import PrometheusHook
+from ragvault.repository import ItemResult
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -275,6 +279,9 @@ def test_backup_holds_the_pushed_series_and_the_config(make_config, context, rep
     newest = datetime.fromtimestamp(head["maxTime"] / 1000, UTC).isoformat(timespec="milliseconds")
     assert result.details["max_time"] == newest.replace("+00:00", "Z")
     assert head["ulid"] in result.details["data_interval"]["blocks"]
+    assert result.details["mode"] == "capture" and "blocks_left_out" not in result.details
+    assert result.details["data_interval"]["start"] == (now - timedelta(hours=1)).isoformat()
+    assert result.details["data_interval"]["source"] == "data_interval"
     head_only = tmp_path / "head-only"
     shutil.copytree(tsdb / head["ulid"], head_only / head["ulid"])
     overlapping = [m["ulid"] for m in metas
@@ -441,8 +448,10 @@ BLANK_CONFIG = "# a blank server: scrapes nothing\nglobal:\n  scrape_interval: 1
 class PrivatePrometheus:
     """A Prometheus process with its own config and data directories, on a free port."""
 
-    def __init__(self, root: Path, config: str, rules: dict[str, str] | None = None):
+    def __init__(self, root: Path, config: str, rules: dict[str, str] | None = None,
+                 flags: tuple[str, ...] = ()):
         self.root, self.config_dir, self.data_dir = root, root / "config", root / "data"
+        self.flags = flags
         self.config_dir.mkdir(parents=True)
         (self.config_dir / "prometheus.yml").write_text(config)
         for name, text in (rules or {}).items():
@@ -457,7 +466,7 @@ class PrivatePrometheus:
         self.process = subprocess.Popen(
             [PROMETHEUS, f"--config.file={self.config_dir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.data_dir}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--web.enable-admin-api", "--web.enable-lifecycle"],
+             "--web.enable-admin-api", "--web.enable-lifecycle", *self.flags],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 30
@@ -494,11 +503,22 @@ class PrivatePrometheus:
 
 @pytest.fixture(scope="module")
 def spawn_prometheus(tmp_path_factory):
-    """``spawn_prometheus(config, rules=None) -> PrivatePrometheus``, started; all stopped at the end."""
+    """``spawn_prometheus(config, rules=None, flags=(), openmetrics=None) -> PrivatePrometheus``, started.
+
+    ``flags`` are added to its command line; ``openmetrics`` (OpenMetrics text with timestamps) is turned
+    into blocks in its data dir by ``promtool tsdb create-blocks-from openmetrics`` before it starts. All
+    are stopped at the end of the module.
+    """
     servers: list[PrivatePrometheus] = []
 
-    def spawn(config: str = BLANK_CONFIG, rules: dict[str, str] | None = None) -> PrivatePrometheus:
-        server = PrivatePrometheus(tmp_path_factory.mktemp("prometheus-target"), config, rules)
+    def spawn(config: str = BLANK_CONFIG, rules: dict[str, str] | None = None, flags: tuple[str, ...] = (),
+              openmetrics: str | None = None) -> PrivatePrometheus:
+        server = PrivatePrometheus(tmp_path_factory.mktemp("prometheus-target"), config, rules, flags)
+        if openmetrics is not None:
+            source = server.root / "history.om"
+            source.write_text(openmetrics)
+            server.data_dir.mkdir()
+            promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(server.data_dir))
         servers.append(server)
         return server.start()
 
@@ -864,3 +884,274 @@ def test_restore_onto_a_stopped_prometheus_is_loaded_when_it_starts(make_config,
     answer = query_range(target.url, selector, start, end)
     assert len(answer) == pushed["series"] and answer == query_range(hook.base_url, selector, start, end)
     assert restorer.verify_restore(ctx, "all") == []
+
+
+# -- interval mode ------------------------------------------------------------------------------------------
+# A source whose blocks hold samples at known past times, made with promtool from OpenMetrics text: days A, B
+# and C are the three days before today (UTC). Block "b2" ends exactly where day C starts (its last sample at
+# C - 1 ms, and a block's maxTime is exclusive) and block "c1" starts exactly there: the window of day B
+# holds b1 and b2, that of day C only c1. Compaction is turned off (max block duration 2h) on every server
+# of these tests, so the blocks keep their ULIDs whatever the timing.
+
+HOUR_MS, DAY_MS, STEP_MS = 3_600_000, 86_400_000, 60_000
+NO_COMPACTION = ("--storage.tsdb.max-block-duration=2h",)
+HISTORY_LABELS = 'instance="rag-api-0",job="rag_api"'
+
+
+@dataclasses.dataclass
+class DatedSource:
+    server: PrivatePrometheus
+    days: dict[str, datetime]  # "A", "B", "C", "D" (today) at 00:00 UTC
+    stamps: dict[str, list[int]]  # block name -> sample timestamps (ms)
+    ulids: dict[str, str]  # block name -> ULID
+    metas: dict[str, dict]  # ULID -> meta.json
+
+
+def history(stamps: dict[str, list[int]]) -> str:
+    """OpenMetrics text: ``up``, two request counters and a cache gauge at every timestamp of ``stamps``."""
+    times = sorted(t for block in stamps.values() for t in block)
+    lines = ["# TYPE up gauge"]
+    lines += [f"up{{{HISTORY_LABELS}}} 1 {t / 1000:.3f}" for t in times]
+    lines.append("# TYPE rag_requests counter")
+    for route, rate in (("/v1/chat", 7), ("/v1/search", 3)):
+        lines += [f'rag_requests_total{{{HISTORY_LABELS},route="{route}"}} {rate * (i + 1)} {t / 1000:.3f}'
+                  for i, t in enumerate(times)]
+    lines.append("# TYPE rag_cache_hit_ratio gauge")
+    lines += [f'rag_cache_hit_ratio{{cache="semantic",{HISTORY_LABELS}}} {hit_ratio(t)} {t / 1000:.3f}'
+              for t in times]
+    return "\n".join([*lines, "# EOF", ""])
+
+
+def hit_ratio(ms: int) -> float:
+    return round(0.3 + (ms // STEP_MS % 7) / 100, 2)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+@pytest.fixture(scope="module")
+def dated_source(spawn_prometheus) -> DatedSource:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = {name: today - timedelta(days=back) for name, back in (("A", 3), ("B", 2), ("C", 1), ("D", 0))}
+    a, b, c = ms(days["A"]), ms(days["B"]), ms(days["C"])
+    stamps = {
+        "a": list(range(a + 10 * HOUR_MS, a + 11 * HOUR_MS, STEP_MS)),
+        "b1": list(range(b + 10 * HOUR_MS, b + 12 * HOUR_MS, STEP_MS)),
+        "b2": [*range(b + 22 * HOUR_MS, c, STEP_MS), c - 1],
+        "c1": list(range(c, c + HOUR_MS, STEP_MS)),
+    }
+    server = spawn_prometheus(flags=NO_COMPACTION, openmetrics=history(stamps))
+    metas = {ulid: {**meta, "minTime": int(meta["minTime"]), "maxTime": int(meta["maxTime"])}
+             for ulid, meta in disk_blocks(server.data_dir).items()}
+    by_start = {meta["minTime"]: ulid for ulid, meta in metas.items()}
+    ulids = {name: by_start[times[0]] for name, times in stamps.items()}
+    # The blocks are the ones intended: one per span, ending 1 ms after its last sample; promtool agrees.
+    assert len(metas) == len(stamps) and sorted(listed_blocks(server.data_dir)) == sorted(metas)
+    for name, times in stamps.items():
+        assert metas[ulids[name]]["maxTime"] == times[-1] + 1
+        assert metas[ulids[name]]["stats"]["numSamples"] == 4 * len(times)
+    assert metas[ulids["b2"]]["maxTime"] == c == metas[ulids["c1"]]["minTime"]
+    return DatedSource(server, days, stamps, ulids, metas)
+
+
+def interval_backup(component: PrometheusComponent, repo, start: datetime, end: datetime,
+                    date: str) -> tuple[ItemResult, dict]:
+    """Back up ``component`` in interval mode for the window ``[start, end)``; commit the manifest."""
+    run = {"run_id": f"backfill-{date}", "run_type": "backfill", "data_interval_start": start.isoformat(),
+           "data_interval_end": end.isoformat()}
+    ctx = BackupContext(repo=repo, date=date, component=component.name, run=run, mode=INTERVAL)
+    result = component.backup(ctx, None)
+    manifest = repo.build_manifest(date, [result], {**run, "at": datetime.now(UTC).isoformat()})
+    repo.commit_manifest(manifest)
+    return result, manifest
+
+
+def tsdb_component(make_config, monkeypatch, server: PrivatePrometheus) -> PrometheusComponent:
+    """The component on ``server``, with its data dir and no config_dir: interval mode does not need one."""
+    connections = use_connection(monkeypatch, "prometheus_source", server.port)
+    return make_component(make_config, data_dir=str(server.data_dir), connections=connections)
+
+
+def up_summary(times: list[int]) -> dict:
+    """What ``verify_samples`` must record for the ``up`` series of the history at ``times``."""
+    digest = hashlib.sha256("".join(f"{t} 1\n" for t in times).encode()).hexdigest()
+    return {"labels": {"__name__": "up", "instance": "rag-api-0", "job": "rag_api"}, "samples": len(times),
+            "first_ms": times[0], "last_ms": times[-1], "sha256": digest}
+
+
+def test_interval_mode_backs_up_only_the_blocks_overlapping_the_window(make_config, repo, backup_date,
+                                                                       dated_source, monkeypatch, tmp_path,
+                                                                       caplog):
+    source, ulids, days = dated_source, dated_source.ulids, dated_source.days
+    component = tsdb_component(make_config, monkeypatch, source.server)
+    assert component.parts == {STATE, INTERVAL}
+    with caplog.at_level(logging.INFO, logger="ragvault"):
+        result, _ = interval_backup(component, repo, days["B"], days["C"], backup_date)
+
+    # Exactly the blocks holding samples of day B: b1, and b2, which ends where the window ends. The block
+    # ending at B (none) and the one starting at C (c1) hold none of it; day A's neither.
+    start, end = ms(days["B"]), ms(days["C"])
+    overlapping = sorted(u for u, m in source.metas.items() if m["minTime"] < end and m["maxTime"] > start)
+    assert overlapping == sorted([ulids["b1"], ulids["b2"]])
+    assert sorted(b["ulid"] for b in result.details["blocks"]) == overlapping
+    assert sorted(result.details["blocks_left_out"]) == sorted([ulids["a"], ulids["c1"]])
+    for name in ("a", "c1"):
+        assert any(f"block {ulids[name]} " in r.getMessage() and "left out" in r.getMessage()
+                   for r in caplog.records)
+    assert result.details["mode"] == "interval"
+    assert result.details["data_interval"] == {"start": days["B"].isoformat(), "end": days["C"].isoformat(),
+                                               "source": "data_interval", "blocks": overlapping}
+    assert "config" not in result.details
+
+    # In the bucket: the two blocks' files, file for file, and no configuration or rule file.
+    listed = {o["Key"] for o in repo.list_keys(f"{backup_date}/prometheus/")}
+    assert listed == {a.key for a in result.artifacts}
+    relative = sorted(a.key.split("/prometheus/", 1)[1] for a in result.artifacts)
+    assert relative == sorted(f"tsdb/{p.relative_to(source.server.data_dir).as_posix()}.zst"
+                              for ulid in overlapping for p in (source.server.data_dir / ulid).rglob("*")
+                              if p.is_file())
+    assert not [k for k in relative if not k.startswith("tsdb/")]
+    tsdb = tmp_path / "tsdb"
+    files = download_tsdb(repo, result, tsdb)
+    for path in files:
+        assert path.read_bytes() == (source.server.data_dir / path.relative_to(tsdb)).read_bytes()
+    assert sorted(listed_blocks(tsdb)) == overlapping
+
+    # Counts are those of the uploaded blocks; no rules in this mode; the snapshot is gone.
+    metas = [source.metas[ulid] for ulid in overlapping]
+    assert result.counts == {
+        "blocks": 2, "series": sum(m["stats"]["numSeries"] for m in metas),
+        "samples": sum(m["stats"]["numSamples"] for m in metas), "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files), "rule_files": 0, "rules": 0}
+    assert result.details["snapshot_removed"] is True
+    assert snapshot_names(source.server.data_dir) == set()
+
+    # The restore's check covers the window only: its `up` samples, and those of a metric it holds.
+    recorded = result.details["verify_samples"]
+    assert (recorded["start_ms"], recorded["end_ms"]) == (start, end - 1)
+    assert recorded["selectors"] == ["up", '{__name__="rag_cache_hit_ratio"}']
+    in_window = source.stamps["b1"] + source.stamps["b2"]
+    assert [s for s in recorded["series"] if s["labels"]["__name__"] == "up"] == [up_summary(in_window)]
+    ratio = [s for s in recorded["series"] if s["labels"]["__name__"] == "rag_cache_hit_ratio"]
+    assert len(ratio) == 1 and ratio[0]["samples"] == len(in_window) and ratio[0]["last_ms"] == end - 1
+
+
+def test_interval_mode_with_no_block_in_the_window_backs_up_nothing(make_config, repo, backup_date,
+                                                                    dated_source, monkeypatch, caplog,
+                                                                    spawn_prometheus, target_settings,
+                                                                    restore_context):
+    source, days = dated_source, dated_source.days
+    component = tsdb_component(make_config, monkeypatch, source.server)
+    gap = days["C"] + timedelta(hours=2), days["C"] + timedelta(hours=8)  # after c1, before today
+    with caplog.at_level(logging.WARNING, logger="ragvault"):
+        result, manifest = interval_backup(component, repo, *gap, backup_date)
+    assert result.artifacts == [] and result.details["blocks"] == []
+    assert result.counts["blocks"] == result.counts["files"] == result.counts["samples"] == 0
+    assert sorted(result.details["blocks_left_out"]) == sorted(source.ulids.values())
+    assert result.details["verify_samples"]["series"] == []
+    assert list(repo.list_keys(f"{backup_date}/prometheus/")) == []
+    assert any("no block of snapshot" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+    assert snapshot_names(source.server.data_dir) == set()
+
+    # Restored, it changes nothing, and needs no config_dir.
+    target = spawn_prometheus(flags=NO_COMPACTION)
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target, config_dir=None))
+    ctx = restore_context(manifest, "prometheus", restorer.settings)
+    assert restorer.inspect_target(ctx, "all") == {
+        "holds_data": False,
+        "what": f"{target.data_dir} holds no TSDB block and no sample (the backup holds no configuration file)"}
+    counts = restorer.restore(ctx, "all")
+    assert counts["blocks"] == counts["blocks_written"] == counts["config_files"] == 0
+    assert restorer.verify_restore(ctx, "all") == []
+
+
+def test_interval_mode_takes_the_head_for_a_window_still_in_it(make_config, repo, backup_date, hook,
+                                                               data_dir, pushed, monkeypatch, tmp_path):
+    """The window of the last hours is in the head: the snapshot's head block is what holds it."""
+    # config_dir points nowhere: this mode does not read it (another test leaves it unset)
+    component = make_component(make_config, data_dir=str(data_dir), config_dir=str(tmp_path / "missing"))
+    now = datetime.now(UTC)
+    persisted = disk_blocks(data_dir)
+    result, _ = interval_backup(component, repo, now - timedelta(hours=1), now + timedelta(hours=1),
+                                backup_date)
+    assert not [a for a in result.artifacts if "/prometheus/tsdb/" not in a.key]
+    ulids = [b["ulid"] for b in result.details["blocks"]]
+    head = [u for u in ulids if u not in persisted]
+    assert len(head) == 1  # the head, compacted into a block by the snapshot
+    start, end = ms(now - timedelta(hours=1)), ms(now + timedelta(hours=1))
+    for block in result.details["blocks"]:
+        assert block["min_time_ms"] < end and block["max_time_ms"] > start
+    for ulid in result.details["blocks_left_out"]:
+        meta = persisted[ulid]
+        assert meta["maxTime"] <= start or meta["minTime"] >= end
+    assert result.details["data_interval"]["blocks"] == ulids
+
+    tsdb = tmp_path / "tsdb"
+    download_tsdb(repo, result, tsdb)
+    head_only = tmp_path / "head-only"
+    shutil.copytree(tsdb / head[0], head_only / head[0])
+    expected = {tuple(sorted(labels.items())) for labels in seed_prometheus.expected_series(
+        seed_prometheus.rag_metrics(), pushed["job"], pushed["instance"])}
+    assert set(dumped_series(head_only, f'{{job="{pushed["job"]}",__name__=~"rag_.*|llm_.*"}}')) == expected
+    recorded = result.details["verify_samples"]
+    assert recorded["start_ms"] == start and recorded["end_ms"] < ms(datetime.now(UTC))
+    assert any(s["labels"]["__name__"] == "up" for s in recorded["series"])
+
+
+def test_interval_backups_of_several_days_restore_one_after_the_other(make_config, repo, dated_source,
+                                                                      monkeypatch, spawn_prometheus,
+                                                                      target_settings, restore_context,
+                                                                      fresh_date, caplog):
+    source, ulids, days = dated_source, dated_source.ulids, dated_source.days
+    component = tsdb_component(make_config, monkeypatch, source.server)
+    _, day_b = interval_backup(component, repo, days["B"], days["C"], fresh_date())
+    _, day_c = interval_backup(component, repo, days["C"], days["D"], fresh_date())
+    recorded_c = day_c["components"]["prometheus"]["items"]["all"]["details"]["verify_samples"]
+    assert [s for s in recorded_c["series"] if s["labels"]["__name__"] == "up"] == [
+        up_summary(source.stamps["c1"])]
+
+    target = spawn_prometheus(flags=NO_COMPACTION)
+    # With config_dir set, as for a full restore: the target's configuration is left as it is.
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target))
+    ctx_b = restore_context(day_b, "prometheus", restorer.settings)
+    config_before = tree_state(target.config_dir)
+
+    with caplog.at_level(logging.INFO, logger="ragvault"):
+        counts = restorer.restore(ctx_b, "all")
+    assert counts["blocks"] == counts["blocks_written"] == 2 and counts["blocks_loaded"] == 1
+    assert counts["config_files"] == counts["config_unchanged"] == counts["config_reloaded"] == 0
+    assert any("holds TSDB blocks only" in r.getMessage() for r in caplog.records)
+    assert restorer.verify_restore(ctx_b, "all") == []
+
+    # The next day goes beside it (config_dir unset this time); the first day's blocks stay, and both days
+    # check out.
+    restorer = PrometheusComponent(restore_settings(target_settings, monkeypatch, target, config_dir=None))
+    ctx_c = restore_context(day_c, "prometheus", restorer.settings)
+    plan = restorer.inspect_target(ctx_c, "all")
+    assert plan["holds_data"] is True and f"{target.data_dir} holds 2 TSDB block(s)" in plan["what"]
+    counts = restorer.restore(ctx_c, "all")
+    assert counts["blocks"] == counts["blocks_written"] == 1 and counts["blocks_unchanged"] == 0
+    assert sorted(listed_blocks(target.data_dir)) == sorted([ulids["b1"], ulids["b2"], ulids["c1"]])
+    assert restorer.verify_restore(ctx_b, "all") == []
+    assert restorer.verify_restore(ctx_c, "all") == []
+    up = '{__name__="up"}'
+    for day, next_day in (("B", "C"), ("C", "D")):
+        span = ms(days[day]), ms(days[next_day]) - 1
+        assert query_range(target.url, up, *span) == query_range(source.server.url, up, *span) != []
+
+    # Restoring a day again leaves its blocks alone; the target's configuration was never touched.
+    again = restorer.restore(ctx_b, "all")
+    assert again["blocks_unchanged"] == 2 and again["blocks_written"] == again["blocks_replaced"] == 0
+    assert tree_state(target.config_dir) == config_before
+
+    # A block of the day removed from the target is named by verify_restore.
+    moved = target.data_dir.parent / ulids["c1"]
+    shutil.move(target.data_dir / ulids["c1"], moved)
+    try:
+        problems = restorer.verify_restore(ctx_c, "all")
+    finally:
+        shutil.move(moved, target.data_dir / ulids["c1"])
+    assert any(p.startswith(f"block {ulids['c1']} (") and p.endswith(f"is not in {target.data_dir}")
+               for p in problems)

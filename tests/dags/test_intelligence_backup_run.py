@@ -183,3 +183,101 @@ def test_a_run_waits_for_the_lock_and_leaves_the_holder_alone(airflow, local_con
         assert lock == holder
     finally:
         s3_client.delete_object(Bucket=bucket, Key="ragvault.lock")
+
+
+@pytest.fixture
+def own_bucket(s3_client):
+    """A bucket of this test's own: the complete backups in it are exactly the ones the test makes."""
+    import uuid
+
+    name = f"ragvault-backfill-{uuid.uuid4().hex[:10]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=obj["Key"])
+    s3_client.delete_bucket(Bucket=name)
+
+
+def test_past_days_get_their_interval_data_and_reruns_keep_their_state(airflow, tmp_path, s3_client, own_bucket,
+                                                                      backup_date, fresh_date):
+    """Back up D1 and D2, then rerun D1 and run D0 < D1 (as a backfill would): D1 keeps the state it captured,
+    D0 holds only the LangSmith runs of its own data interval, and every captured_at is a real time."""
+    import datetime as dt
+
+    import yaml
+    import zstandard
+
+    from devstack import seed_langsmith
+    from devstack.localconfig import local_settings
+    from ragvault.config import load_settings
+    from ragvault.crypto import load_cipher
+    from ragvault.repository import BackupRepository, utcnow_iso
+
+    d1, d2 = backup_date, fresh_date()
+    d0 = (dt.date.fromisoformat(d1) - dt.timedelta(days=2)).isoformat()
+    seeded = seed_everything(d1)
+    client = seed_langsmith.client_from_connection(seed_langsmith.read_connection()[0])
+    for day in (d0, d2):  # runs on the day before each date: its data interval
+        seed_langsmith.seed_langsmith(client, days=[dt.date.fromisoformat(day) - dt.timedelta(days=1)])
+    settings = local_settings(bucket=own_bucket, retries=0)
+    for name in ("mongodb", "langchain", "gpt", "prometheus", "grafana"):
+        settings["components"][name]["enabled"] = False
+    config = tmp_path / "ragvault.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    repo = BackupRepository(s3_client, own_bucket)
+    started = utcnow_iso()
+
+    def backup(date: str) -> dict:
+        proc = airflow.run("dags", "test", DAG_ID, date, env={"RAGVAULT_CONFIG": str(config)})
+        assert proc.returncode == 0, output(proc)
+        manifest = repo.read_manifest(date)
+        assert manifest is not None, output(proc)
+        return manifest
+
+    def keys(date: str) -> set[str]:
+        return {o["Key"] for o in repo.list_keys(f"{date}/")}
+
+    first = backup(d1)
+    assert first["state"]["captured"] is True and first["state"]["captured_at"] >= started
+    assert {c["mode"] for c in first["components"].values()} == {"capture"}
+    backup(d2)
+
+    # The rerun of D1: its state cannot be captured again, so what it captured is kept, byte for byte.
+    rerun = backup(d1)
+    modes = {name: c["mode"] for name, c in rerun["components"].items()}
+    assert modes == {"qdrant": "kept", "redis": "kept", "infra": "kept", "langsmith": "interval"}
+    assert rerun["state"]["captured"] is False and d2 in rerun["state"]["reason"]
+    assert rerun["state"]["captured_at"] == first["state"]["captured_at"]
+    for name in ("qdrant", "redis", "infra"):
+        assert rerun["components"][name]["items"] == first["components"][name]["items"]
+        assert rerun["components"][name]["captured_at"] == first["components"][name]["captured_at"]
+    before = {a["key"]: a for a in first["artifacts"]}
+    cipher = load_cipher(load_settings(config))
+    for artifact in rerun["artifacts"]:
+        assert repo.verify_artifact(artifact, cipher) == [], artifact["key"]
+        if artifact["component"] != "langsmith":
+            assert artifact["sha256"] == before[artifact["key"]]["sha256"]
+    assert keys(d1) == {a["key"] for a in rerun["artifacts"]} | {f"{d1}/manifest.json"}  # no staging left
+    assert rerun["components"]["langsmith"]["captured_at"] > first["components"]["langsmith"]["captured_at"]
+
+    # D0, never backed up and older than D1 and D2: the LangSmith runs of its data interval, nothing else.
+    past = backup(d0)
+    assert past["state"] == {"captured": False, "captured_at": None, "policy": "skip",
+                             "reason": past["state"]["reason"]}
+    assert d2 in past["state"]["reason"] and d0 in past["state"]["reason"]
+    assert {name: c["mode"] for name, c in past["components"].items()} == {
+        "qdrant": "skipped", "redis": "skipped", "infra": "skipped", "langsmith": "interval"}
+    assert {k.split("/")[1] for k in keys(d0)} == {"langsmith", "manifest.json"}
+    start = dt.datetime.fromisoformat(past["run"]["data_interval_start"])
+    end = dt.datetime.fromisoformat(past["run"]["data_interval_end"])
+    assert end - start == dt.timedelta(days=1) and end.date().isoformat() == d0
+    [runs] = [a for a in past["artifacts"] if a["key"] == f"{d0}/langsmith/runs.json.zst"]
+    lines = zstandard.ZstdDecompressor().decompressobj().decompress(
+        s3_client.get_object(Bucket=own_bucket, Key=runs["key"])["Body"].read()).splitlines()
+    starts = [dt.datetime.fromisoformat(json.loads(line)["start_time"]).replace(tzinfo=dt.UTC) for line in lines]
+    assert starts and all(start <= moment < end for moment in starts)
+    assert len(starts) == past["components"]["langsmith"]["counts"]["runs"] == seeded["langsmith"]["runs"]
+    assert past["components"]["langsmith"]["captured_at"] > rerun["created_at"]  # when it ran, not the logical date
+    # "latest" is still D2, whose state is the newest captured.
+    assert repo.latest_state() == d2

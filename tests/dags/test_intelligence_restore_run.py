@@ -162,14 +162,17 @@ def clone_backup(s3, bucket, date, new_date, damage=None):
         new_key = new_date + artifact["key"][len(date):]
         s3.copy_object(Bucket=bucket, Key=new_key, CopySource={"Bucket": bucket, "Key": artifact["key"]})
         artifact["key"] = new_key
+        artifact["etag"] = s3.head_object(Bucket=bucket, Key=new_key)["ETag"]
     for component in manifest["components"].values():
         for item in component["items"].values():
             item["artifacts"] = [new_date + k[len(date):] for k in item["artifacts"]]
     manifest["backup_date"] = new_date
-    if damage != "no manifest":
-        s3.put_object(Bucket=bucket, Key=f"{new_date}/manifest.json", Body=json.dumps(manifest).encode())
     victim = next(a for a in manifest["artifacts"] if a["key"].endswith("/redis/dump.rdb"))
     if damage == "flipped byte":
+        del victim["etag"]  # as in a store that keeps no ETags: the checksums alone must catch it
+    if damage != "no manifest":
+        s3.put_object(Bucket=bucket, Key=f"{new_date}/manifest.json", Body=json.dumps(manifest).encode())
+    if damage in ("flipped byte", "replaced object"):
         body = bytearray(s3.get_object(Bucket=bucket, Key=victim["key"])["Body"].read())
         body[len(body) // 2] ^= 0x01
         s3.put_object(Bucket=bucket, Key=victim["key"], Body=bytes(body))
@@ -178,25 +181,28 @@ def clone_backup(s3, bucket, date, new_date, damage=None):
     return victim["key"]
 
 
-@pytest.mark.parametrize("case", ["flipped byte", "missing object", "no manifest", "unknown date", "malformed date"])
+@pytest.mark.parametrize("case", ["flipped byte", "replaced object", "missing object", "no manifest", "unknown date",
+                                  "malformed date"])
 def test_a_bad_backup_fails_before_any_write(airflow, backup, stack, s3_client, restore_bucket, fresh_date, case):
     date, config, _ = backup
     stack.wipe()  # empty targets: any write would show
     target = fresh_date()
     victim = None
-    if case in ("flipped byte", "missing object", "no manifest"):
+    if case in ("flipped byte", "replaced object", "missing object", "no manifest"):
         victim = clone_backup(s3_client, restore_bucket, date, target, damage=case)
     elif case == "malformed date":
         target = "2031-13-45"
     proc, states = restore(airflow, config, backup_date=target, confirm=target)
     output = proc.stdout + proc.stderr
-    failed = "verify_backup" if case in ("flipped byte", "missing object") else "resolve_backup"
+    failed = "verify_backup" if case in ("flipped byte", "replaced object", "missing object") else "resolve_backup"
     assert states[failed] == "failed", states
     assert written(states) == [], states
     assert states["resume_ingestion"] == "success", states
     assert stack.state() == {"qdrant": {}, "mongodb": {}, "redis": {}}
     if case == "flipped byte":
         expected = f"{victim}: stored bytes differ from the manifest"
+    elif case == "replaced object":
+        expected = f"s3://{restore_bucket}/{victim} was replaced after its manifest was written"
     elif case == "missing object":
         expected = f"s3://{restore_bucket}/{victim} does not exist"
     elif case == "no manifest":

@@ -323,7 +323,7 @@ def test_backup_pauses_ingestion_while_it_runs_and_restores_each_prior_state(
     run_id = api.run_for(BACKUP_DAG, backup_date)["dag_run_id"]
     tis = api.task_instances(BACKUP_DAG, run_id)
     assert {t: ti["state"] for t, ti in tis.items()} == {
-        "pause_ingestion": "success", "redis.backup": "success",
+        "pause_ingestion": "success", "plan_backup": "success", "redis.backup": "success",
         "commit_manifest": "success", "resume_ingestion": "success"}
 
     # From the end of pause_ingestion to the start of resume_ingestion both DAGs were paused, and the state

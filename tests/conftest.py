@@ -36,16 +36,30 @@ def s3_client():
 
 
 @pytest.fixture(scope="session")
-def bucket(s3_client):
-    """A bucket of its own for this test session, emptied and removed at the end."""
-    name = f"ragvault-test-{uuid.uuid4().hex[:10]}"
-    s3_client.create_bucket(Bucket=name)
-    yield name
+def new_bucket(s3_client):
+    """``new_bucket(prefix) -> name``: a bucket of its own (so the backups in it are exactly the ones a test
+    makes), emptied and removed at the end of the session."""
+    made = []
+
+    def make(prefix: str = "ragvault-test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        s3_client.create_bucket(Bucket=name)
+        made.append(name)
+        return name
+
+    yield make
     paginator = s3_client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            s3_client.delete_object(Bucket=name, Key=obj["Key"])
-    s3_client.delete_bucket(Bucket=name)
+    for name in made:
+        for page in paginator.paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                s3_client.delete_object(Bucket=name, Key=obj["Key"])
+        s3_client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def bucket(new_bucket):
+    """The bucket of this test session."""
+    return new_bucket("ragvault-test")
 
 
 def write_config(path: Path, bucket: str, **overrides) -> Path:

@@ -186,17 +186,9 @@ def test_a_run_waits_for_the_lock_and_leaves_the_holder_alone(airflow, local_con
 
 
 @pytest.fixture
-def own_bucket(s3_client):
+def own_bucket(new_bucket):
     """A bucket of this test's own: the complete backups in it are exactly the ones the test makes."""
-    import uuid
-
-    name = f"ragvault-backfill-{uuid.uuid4().hex[:10]}"
-    s3_client.create_bucket(Bucket=name)
-    yield name
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            s3_client.delete_object(Bucket=name, Key=obj["Key"])
-    s3_client.delete_bucket(Bucket=name)
+    return new_bucket("ragvault-backfill")
 
 
 def test_past_days_get_their_interval_data_and_reruns_keep_their_state(airflow, tmp_path, s3_client, own_bucket,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import pytest
 
@@ -57,15 +56,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def restore_bucket(s3_client):
+def restore_bucket(new_bucket):
     """A bucket of this module's own, so that `latest` is the backup made here."""
-    name = f"ragvault-restore-{uuid.uuid4().hex[:8]}"
-    s3_client.create_bucket(Bucket=name)
-    yield name
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            s3_client.delete_object(Bucket=name, Key=obj["Key"])
-    s3_client.delete_bucket(Bucket=name)
+    return new_bucket("ragvault-restore")
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ Each test has a bucket of its own, so the complete backups it reasons about are 
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from ragvault.components import REGISTRY
@@ -16,14 +14,8 @@ from ragvault.repository import BackupRepository, ItemResult, RepositoryError, u
 
 
 @pytest.fixture
-def own_repo(s3_client):
-    name = f"ragvault-plan-{uuid.uuid4().hex[:10]}"
-    s3_client.create_bucket(Bucket=name)
-    yield BackupRepository(s3_client, name)
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", []):
-            s3_client.delete_object(Bucket=name, Key=obj["Key"])
-    s3_client.delete_bucket(Bucket=name)
+def own_repo(s3_client, new_bucket):
+    return BackupRepository(s3_client, new_bucket("ragvault-plan"))
 
 
 @pytest.fixture

@@ -6,12 +6,14 @@ Airflow UI (**Trigger DAG** opens the form) or with `airflow dags trigger intell
 
 | field | meaning |
 |---|---|
-| `backup_date` | `latest` (the newest date with a complete manifest) or a `YYYY-MM-DD` date |
+| `backup_date` | `latest` (the complete backup whose state was captured last) or a `YYYY-MM-DD` date |
 | `components` | which components to restore (default: all) |
 | `dry_run` | verify the backup and print the plan; write nothing |
 | `confirm` | to restore over targets that already hold data, type the backup date here |
 
-1. **pause_ingestion** (setup), **resolve_backup**: finds the complete backup.
+1. **pause_ingestion** (setup), **resolve_backup**: finds the complete backup. A backfilled date holds only
+   that day's interval data (LangSmith runs, Prometheus blocks, Mongo interval collections): its other
+   components are skipped, and the log says so.
 2. **verify_backup**: downloads every selected artifact and checks size, SHA-256 and decryption against the
    manifest. A missing object or a mismatch fails here, before anything is written.
 3. **plan_restore**: prints what will be written and what overwritten; stops unless `confirm` is set when
@@ -54,9 +56,11 @@ with DAG(
     doc_md=__doc__,
     tags=["ragvault", "restore"],
     params={
-        "backup_date": Param("latest", type="string", pattern=r"^(latest|\d{4}-\d{2}-\d{2})$",
+        "backup_date": Param("latest", type="string",
+                             pattern=r"^(latest|\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))$",
                              title="Backup date",
-                             description="latest, or the YYYY-MM-DD date of a complete backup"),
+                             description="latest (the backup with the most recently captured state), or the YYYY-MM-DD "
+                                         "date of a complete backup"),
         "components": Param(list(REGISTRY), type="array", items={"type": "string", "enum": list(REGISTRY)},
                             uniqueItems=True, minItems=1, title="Components",
                             description="the components to restore (default: all of them)"),

@@ -184,7 +184,7 @@ def test_a_bad_backup_fails_before_any_write(airflow, backup, stack, s3_client, 
     if case in ("flipped byte", "replaced object", "missing object", "no manifest"):
         victim = clone_backup(s3_client, restore_bucket, date, target, damage=case)
     elif case == "malformed date":
-        target = "2031-13-45"
+        target = "2031-02-30"  # the form lets it through: a well-formed day number
     proc, states = restore(airflow, config, backup_date=target, confirm=target)
     output = proc.stdout + proc.stderr
     failed = "verify_backup" if case in ("flipped byte", "replaced object", "missing object") else "resolve_backup"
@@ -209,7 +209,9 @@ def test_a_bad_backup_fails_before_any_write(airflow, backup, stack, s3_client, 
 
 def test_an_invalid_form_is_refused(airflow, backup):
     _, config, _ = backup
-    for conf in ({"backup_date": "yesterday"}, {"components": ["qdrant", "elasticsearch"]}):
+    for conf in ({"backup_date": "yesterday"}, {"backup_date": "2031-13-45"},
+                 {"components": ["qdrant", "elasticsearch"]}):
         proc = airflow.run("dags", "test", RESTORE, "--conf", json.dumps(conf), env={"RAGVAULT_CONFIG": str(config)})
         assert proc.returncode != 0
-        assert "yesterday" in proc.stdout + proc.stderr or "elasticsearch" in proc.stdout + proc.stderr
+        rejected = conf.get("backup_date") or conf["components"][-1]
+        assert rejected in proc.stdout + proc.stderr, (conf, proc.stdout[-2000:] + proc.stderr[-2000:])

@@ -26,7 +26,9 @@ def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "dag_id": getattr(dag_run, "dag_id", None),
         "run_id": getattr(dag_run, "run_id", None),
-        "run_type": str(getattr(dag_run, "run_type", "") or "") or None,
+        # the SDK's DagRunType is a str enum whose str() is "DagRunType.BACKFILL": record its value, "backfill"
+        "run_type": getattr(getattr(dag_run, "run_type", None), "value", None)
+        or (str(dag_run.run_type) if getattr(dag_run, "run_type", None) else None),
         "logical_date": iso(context.get("logical_date")),
         "data_interval_start": iso(context.get("data_interval_start")),
         "data_interval_end": iso(context.get("data_interval_end")),

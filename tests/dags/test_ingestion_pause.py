@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +28,7 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.airflow_local import airflow_env, free_port
 from ragvault.components import REGISTRY
 from ragvault.ingestion import STATE_VARIABLE
 
@@ -185,12 +184,6 @@ class AirflowStack:
             stop_process_group(process)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[AirflowStack]:
     """A migrated Airflow with the ingestion DAGs serialised, and its API server up until the module ends."""
@@ -199,26 +192,8 @@ def stack(tmp_path_factory) -> Iterator[AirflowStack]:
     dags.mkdir()
     (dags / "ingestion.py").write_text(INGESTION_DAGS)
     (dags / "intelligence_backup.py").symlink_to(REPO_ROOT / "dags" / "intelligence_backup.py")
-    passwords = home / "simple_auth_manager_passwords.json"
-    passwords.write_text(json.dumps({USERNAME: PASSWORD}))
     port = free_port()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__AUTH_MANAGER":
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW_CONN_AIRFLOW_API": json.dumps({"conn_type": "http", "schema": "http", "host": "127.0.0.1",
-                                                "port": port, "login": USERNAME, "password": PASSWORD}),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT / "include")]),
-    }
+    env = airflow_env(home, port, username=USERNAME, password=PASSWORD, dags_folder=dags)
     stack = AirflowStack(env, AirflowApi(f"http://127.0.0.1:{port}"))
     proc = stack.run("db", "migrate")
     assert proc.returncode == 0, tail(proc)

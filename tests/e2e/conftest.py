@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +34,8 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.airflow_local import airflow_env, free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 USERNAME = "ragvault-e2e-admin"
@@ -46,12 +46,6 @@ START_TIMEOUT = 180       # seconds for every server to report healthy, then as 
 POLL_INTERVAL = 2.0       # seconds between two looks at a run's state
 FINISHED = ("success", "failed")
 LOG_TAIL = 4000           # characters of each log shown in a failure message
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(text: str, limit: int = LOG_TAIL) -> str:
@@ -260,39 +254,6 @@ class AirflowDeployment:
         return subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
-def airflow_environment(home: Path, port: int, extra: dict[str, str]) -> dict[str, str]:
-    """The environment every process of the deployment shares (``extra`` last: connections, RAGVAULT_CONFIG);
-    writes the simple auth manager's password file into ``home``."""
-    passwords = home / "simple_auth_manager_passwords.json"
-    passwords.write_text(json.dumps({USERNAME: PASSWORD}))
-    return {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__AUTH_MANAGER":
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        # the log servers of the scheduler's workers and of the triggerer: free ports, not the shared defaults
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW_CONN_AIRFLOW_API": json.dumps({"conn_type": "http", "schema": "http", "host": "127.0.0.1",
-                                                "port": port, "login": USERNAME, "password": PASSWORD}),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT / "include")]),
-        **extra,
-    }
-
-
 def _all_healthy(api: AirflowApi) -> bool:
     health = api.health()
     return bool(health) and all((health.get(name) or {}).get("status") == "healthy"
@@ -303,7 +264,7 @@ def _all_healthy(api: AirflowApi) -> bool:
 def running_airflow(home: Path, dag_ids: Iterable[str], extra_env: dict[str, str]) -> Iterator[AirflowDeployment]:
     """A migrated Airflow with its four servers up and ``dag_ids`` parsed, until the block ends."""
     port = free_port()
-    env = airflow_environment(home, port, extra_env)
+    env = airflow_env(home, port, username=USERNAME, password=PASSWORD, extra=extra_env)
     deployment = AirflowDeployment(home, env, AirflowApi(f"http://127.0.0.1:{port}"))
     deployment.api.diagnostics = lambda: deployment.log_tails(("scheduler",))
 

@@ -6,14 +6,15 @@ from functools import cached_property
 from typing import Any
 
 import requests
-from airflow.sdk import BaseHook
+
+from ragvault.hooks.base import ConnectionHook, connection_url
 
 
 class AirflowApiError(RuntimeError):
     """The Airflow API server refused a request or could not be reached."""
 
 
-class AirflowApiHook(BaseHook):
+class AirflowApiHook(ConnectionHook):
     """Talks to an Airflow 3 API server.
 
     The connection (type ``http``) holds ``schema`` (http/https), ``host``, ``port``, and either ``login`` +
@@ -34,16 +35,8 @@ class AirflowApiHook(BaseHook):
         self.timeout = timeout
 
     @cached_property
-    def connection(self):
-        return self.get_connection(self.airflow_api_conn_id)
-
-    @cached_property
     def base_url(self) -> str:
-        conn = self.connection
-        host = conn.host or "localhost"
-        if "://" in host:
-            return host.rstrip("/")
-        return f"{conn.schema or 'http'}://{host}{f':{conn.port}' if conn.port else ''}"
+        return connection_url(self.connection)
 
     @cached_property
     def session(self) -> requests.Session:

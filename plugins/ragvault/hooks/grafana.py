@@ -8,9 +8,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
-from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from ragvault.hooks.base import ConnectionHook, connection_url
 
 #: answers worth another try (GET only): rate limiting and a proxy or Grafana restarting
 RETRY_STATUSES = (429, 502, 503, 504)
@@ -30,7 +31,7 @@ class GrafanaError(RuntimeError):
         self.status = status
 
 
-class GrafanaHook(BaseHook):
+class GrafanaHook(ConnectionHook):
     """Talks to Grafana's HTTP API (Grafana 9 to 12, nested folders included).
 
     The connection (type ``http``) holds the address either as ``schema`` (``http`` when empty), ``host``
@@ -72,10 +73,6 @@ class GrafanaHook(BaseHook):
 
     # -- connection -------------------------------------------------------------------------------------
     @cached_property
-    def connection(self):
-        return self.get_connection(self.grafana_conn_id)
-
-    @cached_property
     def _address(self) -> tuple[str, tuple[str, str] | None]:
         """The base URL without credentials, and the ``user:password`` a full URL may carry."""
         conn = self.connection
@@ -86,7 +83,7 @@ class GrafanaHook(BaseHook):
         if not raw:
             if not host:
                 raise GrafanaError(f"connection {self.grafana_conn_id!r} names no host")
-            raw = f"{conn.schema or 'http'}://{host}:{conn.port or 3000}"
+            raw = connection_url(conn, port=3000)
         parts = urlsplit(raw)
         userinfo = None
         if parts.username is not None:

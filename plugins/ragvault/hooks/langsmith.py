@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseHook
+from ragvault.hooks.base import ConnectionHook, connection_url
 
 #: the hosted service, used when the connection names no host
 DEFAULT_API_URL = "https://api.smith.langchain.com"
@@ -17,7 +17,7 @@ DEFAULT_API_URL = "https://api.smith.langchain.com"
 RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
 
 
-class LangSmithHook(BaseHook):
+class LangSmithHook(ConnectionHook):
     """Talks to the LangSmith REST API (the hosted service or a self-hosted one).
 
     The connection (type ``http``) holds the API URL, either as ``schema`` (``https`` when empty),
@@ -66,18 +66,10 @@ class LangSmithHook(BaseHook):
         self._ingest_errors: list[Exception] = []
 
     @cached_property
-    def connection(self):
-        return self.get_connection(self.langsmith_conn_id)
-
-    @cached_property
     def api_url(self) -> str:
-        conn = self.connection
-        host = (conn.host or "").strip()
-        if not host:
+        if not (self.connection.host or "").strip():
             return DEFAULT_API_URL
-        if "://" in host:
-            return host.rstrip("/")
-        return f"{conn.schema or 'https'}://{host}{f':{conn.port}' if conn.port else ''}"
+        return connection_url(self.connection, scheme="https")
 
     @property
     def api_key(self) -> str | None:

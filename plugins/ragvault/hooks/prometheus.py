@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from airflow.sdk import BaseHook
+
+from ragvault.hooks.base import ConnectionHook, connection_url
 
 #: Prometheus names a snapshot ``<UTC time>-<random hex>``; anything else is refused before touching the disk
 SNAPSHOT_NAME_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
@@ -27,7 +28,7 @@ class PrometheusAdminApiDisabled(PrometheusError):
     """The server was started without ``--web.enable-admin-api``: no TSDB snapshot can be made."""
 
 
-class PrometheusHook(BaseHook):
+class PrometheusHook(ConnectionHook):
     """Talks to one Prometheus server's HTTP API.
 
     The connection (type ``http``) holds ``schema`` (http/https), ``host`` and ``port`` (9090), or a full URL
@@ -54,16 +55,8 @@ class PrometheusHook(BaseHook):
         self.timeout = timeout
 
     @cached_property
-    def connection(self):
-        return self.get_connection(self.prometheus_conn_id)
-
-    @cached_property
     def base_url(self) -> str:
-        conn = self.connection
-        host = conn.host or "localhost"
-        if "://" in host:
-            return host.rstrip("/")
-        return f"{conn.schema or 'http'}://{host}:{conn.port or 9090}"
+        return connection_url(self.connection, port=9090)
 
     def get_conn(self) -> requests.Session:
         """A ``requests.Session`` carrying the connection's credentials."""

@@ -9,7 +9,8 @@ from functools import cached_property
 from typing import Any
 
 import requests
-from airflow.sdk import BaseHook
+
+from ragvault.hooks.base import ConnectionHook
 
 
 class QdrantError(RuntimeError):
@@ -20,7 +21,7 @@ class QdrantError(RuntimeError):
         self.status = status
 
 
-class QdrantHook(BaseHook):
+class QdrantHook(ConnectionHook):
     """Talks to Qdrant's REST API.
 
     The connection (type ``qdrant``) holds ``host`` and ``port`` (6333 by default), the API key as its
@@ -39,10 +40,6 @@ class QdrantHook(BaseHook):
         super().__init__()
         self.qdrant_conn_id = qdrant_conn_id
         self.timeout = timeout
-
-    @cached_property
-    def connection(self):
-        return self.get_connection(self.qdrant_conn_id)
 
     @cached_property
     def base_url(self) -> str:

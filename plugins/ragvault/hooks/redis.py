@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseHook
+from ragvault.hooks.base import ConnectionHook
 
 EOF_MARK_SIZE = 40
 
@@ -17,7 +17,7 @@ class RedisError(RuntimeError):
     """Redis refused the request or the replication stream broke."""
 
 
-class RedisHook(BaseHook):
+class RedisHook(ConnectionHook):
     """Talks to one Redis server.
 
     The connection (type ``redis``) holds ``host``, ``port`` (6379), ``login`` (ACL user, optional),
@@ -36,10 +36,6 @@ class RedisHook(BaseHook):
         super().__init__()
         self.redis_conn_id = redis_conn_id
         self.timeout = timeout
-
-    @cached_property
-    def connection(self):
-        return self.get_connection(self.redis_conn_id)
 
     @cached_property
     def connection_kwargs(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ragvault.components import REGISTRY, RESTORE_ORDER, ComponentError, get_com
 from ragvault.components.base import BackupContext, RestoreContext
 from ragvault.config import Settings, load_settings
 from ragvault.ingestion import IngestionControl
-from ragvault.plan import CAPTURE, INTERVAL_ONLY, BackupPlan, kept_sections, make_plan, state_summary
+from ragvault.plan import CAPTURE, INTERVAL_ONLY, SKIPPED, BackupPlan, kept_sections, make_plan, state_summary
 from ragvault.repository import BackupRepository, ItemResult, RepositoryError, check_date
 
 
@@ -23,12 +23,12 @@ def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
         return value.isoformat() if value is not None else None
 
     dag_run = context.get("dag_run")
+    run_type = getattr(dag_run, "run_type", None)
     return {
         "dag_id": getattr(dag_run, "dag_id", None),
         "run_id": getattr(dag_run, "run_id", None),
         # the SDK's DagRunType is a str enum whose str() is "DagRunType.BACKFILL": record its value, "backfill"
-        "run_type": getattr(getattr(dag_run, "run_type", None), "value", None)
-        or (str(dag_run.run_type) if getattr(dag_run, "run_type", None) else None),
+        "run_type": getattr(run_type, "value", run_type) or None,
         "logical_date": iso(context.get("logical_date")),
         "data_interval_start": iso(context.get("data_interval_start")),
         "data_interval_end": iso(context.get("data_interval_end")),
@@ -81,11 +81,13 @@ class _BackupOperator(_RagvaultOperator):
         self.backup_date = backup_date
         self.plan_task_id = plan_task_id
 
-    def plan(self, context, repo: BackupRepository, settings: Settings) -> BackupPlan:
+    def plan(self, context, settings: Settings, repo: BackupRepository | None = None) -> BackupPlan:
+        """The run's plan: ``plan_backup``'s, or one made here (on ``repo``, or a repository built for it)."""
         made = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None
         if made:
             return BackupPlan.from_dict(made)
-        return make_plan(repo, settings, check_date(self.backup_date), context["dag_run"].run_id)
+        return make_plan(repo or self.repository(settings), settings, check_date(self.backup_date),
+                         context["dag_run"].run_id)
 
 
 class PlanBackupOperator(_BackupOperator):
@@ -136,7 +138,7 @@ class ListItemsOperator(_BackupOperator):
 
     def execute(self, context) -> list[str]:
         settings = self.settings()
-        mode = self.plan(context, self.repository(settings), settings).mode(self.component)
+        mode = self.plan(context, settings).mode(self.component)
         component = get_component(self.component)(settings)
         if mode not in (CAPTURE, INTERVAL_ONLY):
             self.log.info("%s is %s in this run: nothing to list", self.component, mode)
@@ -181,7 +183,7 @@ class BackupComponentOperator(_BackupOperator):
         settings = self.settings()
         date = check_date(self.backup_date)
         repo = self.repository(settings)
-        plan = self.plan(context, repo, settings)
+        plan = self.plan(context, settings, repo)
         mode = plan.mode(self.component)
         if mode not in (CAPTURE, INTERVAL_ONLY):
             raise AirflowSkipException(f"{self.component} is {mode} in this run: "
@@ -226,7 +228,7 @@ class CommitManifestOperator(_BackupOperator):
         settings = self.settings()
         date = check_date(self.backup_date)
         repo = self.repository(settings)
-        plan = self.plan(context, repo, settings)
+        plan = self.plan(context, settings, repo)
         results: list[ItemResult] = []
         for component, task_id in self.results_from.items():
             values = context["ti"].xcom_pull(task_ids=[task_id])
@@ -365,7 +367,7 @@ class ResolveBackupOperator(_RagvaultOperator):
                 raise RepositoryError(f"s3://{repo.bucket} holds no complete backup (no date with a manifest)")
             # The newest captured state, which is not always the newest date: a backfilled day holds only
             # interval data, and one backfilled with backfill.state_parts: capture holds a later state.
-            date = repo.latest_state() or complete[-1]
+            date = repo.latest_state(catalog) or complete[-1]
             self.log.info("latest: the backup of %s holds the most recently captured state", date)
         else:
             date = check_date(wanted)
@@ -382,7 +384,7 @@ class ResolveBackupOperator(_RagvaultOperator):
         if unknown:
             raise ValueError(f"unknown component(s) {', '.join(map(str, unknown))}; known: {', '.join(REGISTRY)}")
         sections = manifest["components"]
-        missing = [c for c in selected if c not in sections or sections[c].get("mode") == "skipped"]
+        missing = [c for c in selected if c not in sections or sections[c].get("mode") == SKIPPED]
         for component in missing:
             why = sections.get(component, {}).get("reason") or "not backed up by that run"
             self.log.warning("%s is not in the backup of %s (%s): skipped", component, date, why)

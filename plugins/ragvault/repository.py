@@ -354,7 +354,7 @@ class BackupRepository:
 
         With ``staging`` (a run's token), the object is written aside first, under
         ``<date>/.staging/<token>/<component>/<path>``, and moved into place when the run commits: see
-        :meth:`promote`.
+        :meth:`commit_manifest`.
         """
         check_date(date)
         path = path.strip("/")
@@ -362,8 +362,13 @@ class BackupRepository:
             raise ValueError(f"artifact path {path!r} of component {component!r} is not a clean relative path")
         if staging is not None and not STAGING_TOKEN_RE.match(staging):
             raise ValueError(f"staging token {staging!r} is not made of [A-Za-z0-9_-]")
-        where = f"{STAGING_DIR}/{staging}/" if staging else ""
-        return f"{date}/{where}{component}/{path}{SUFFIXES[compression]}"
+        where = BackupRepository.staging_prefix(date, staging) if staging else f"{date}/"
+        return f"{where}{component}/{path}{SUFFIXES[compression]}"
+
+    @staticmethod
+    def staging_prefix(date: str, staging: str) -> str:
+        """``<date>/.staging/<token>/``: where a run writes aside until it commits."""
+        return f"{date}/{STAGING_DIR}/{staging}/"
 
     @staticmethod
     def final_key(key: str) -> str:
@@ -373,19 +378,17 @@ class BackupRepository:
             rest = rest.split("/", 2)[2]
         return f"{date}/{rest}"
 
-    @staticmethod
-    def previous_manifest_key(staged_key: str) -> str:
+    @classmethod
+    def previous_manifest_key(cls, date: str, staging: str) -> str:
         """Where a rerun keeps the date's previous manifest while it swaps its staged objects in."""
-        date, _, rest = staged_key.partition("/")
-        token = rest.split("/", 2)[1]
-        return f"{date}/{STAGING_DIR}/{token}/previous-{MANIFEST_NAME}"
+        return f"{cls.staging_prefix(date, staging)}previous-{MANIFEST_NAME}"
 
     def previous_manifest(self, date: str, staging: str) -> dict[str, Any] | None:
         """The manifest ``date`` had before a rerun's commit started: the current one, or the copy kept aside."""
         current = self.read_manifest(date)
         if current is not None:
             return current
-        key = self.previous_manifest_key(f"{check_date(date)}/{STAGING_DIR}/{staging}/x")
+        key = self.previous_manifest_key(check_date(date), staging)
         return json.loads(b"".join(self.iter_object(key))) if self.head(key) is not None else None
 
     @staticmethod
@@ -656,7 +659,7 @@ class BackupRepository:
         key = self.manifest_key(date)
         if staged:
             # Kept aside until the new manifest is written, so a retry after a failure below still finds it.
-            aside = self.previous_manifest_key(staged[0]["staged_key"])
+            aside = self.previous_manifest_key(date, staged[0]["staged_key"].split("/", 3)[2])
             if self.head(key) is not None:
                 self.client.copy_object(Bucket=self.bucket, Key=aside, CopySource={"Bucket": self.bucket, "Key": key})
             if self.discard_manifest(date):
@@ -696,16 +699,20 @@ class BackupRepository:
             return None
         return json.loads(b"".join(self.iter_object(key)))
 
-    def complete_dates(self) -> list[str]:
-        """Dates that hold a manifest (complete backups), oldest first."""
-        dates = set()
+    def _manifest_heads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(date, HEAD of its manifest)`` for every date folder that holds a manifest."""
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Delimiter="/"):
             for prefix in page.get("CommonPrefixes", []):
                 date = prefix["Prefix"].rstrip("/")
-                if DATE_RE.match(date) and self.head(f"{date}/{MANIFEST_NAME}") is not None:
-                    dates.add(date)
-        return sorted(dates)
+                if DATE_RE.match(date):
+                    head = self.head(f"{date}/{MANIFEST_NAME}")
+                    if head is not None:
+                        yield date, head
+
+    def complete_dates(self) -> list[str]:
+        """Dates that hold a manifest (complete backups), oldest first."""
+        return sorted(date for date, _ in self._manifest_heads())
 
     def catalog(self) -> list[dict[str, Any]]:
         """The complete backups, oldest date first: ``{"date", "state_captured_at"}`` each.
@@ -715,26 +722,21 @@ class BackupRepository:
         manifests written without it.
         """
         entries = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Delimiter="/"):
-            for prefix in page.get("CommonPrefixes", []):
-                date = prefix["Prefix"].rstrip("/")
-                if not DATE_RE.match(date):
-                    continue
-                head = self.head(f"{date}/{MANIFEST_NAME}")
-                if head is None:
-                    continue
-                metadata = head.get("Metadata") or {}
-                if "state-captured-at" in metadata:
-                    captured = metadata["state-captured-at"] or None
-                else:
-                    captured = state_captured_at(self.read_manifest(date) or {})
-                entries.append({"date": date, "state_captured_at": captured})
+        for date, head in self._manifest_heads():
+            metadata = head.get("Metadata") or {}
+            if "state-captured-at" in metadata:
+                captured = metadata["state-captured-at"] or None
+            else:
+                captured = state_captured_at(self.read_manifest(date) or {})
+            entries.append({"date": date, "state_captured_at": captured})
         return sorted(entries, key=lambda e: e["date"])
 
-    def latest_state(self) -> str | None:
-        """The date of the complete backup whose state was captured last (ties: the later date); None if none."""
-        candidates = [e for e in self.catalog() if e["state_captured_at"]]
+    def latest_state(self, catalog: list[dict[str, Any]] | None = None) -> str | None:
+        """The date of the complete backup whose state was captured last (ties: the later date); None if none.
+
+        :param catalog: :meth:`catalog`'s answer, when the caller already has it.
+        """
+        candidates = [e for e in (self.catalog() if catalog is None else catalog) if e["state_captured_at"]]
         if not candidates:
             return None
         return max(candidates, key=lambda e: (e["state_captured_at"], e["date"]))["date"]

@@ -125,16 +125,8 @@ class LangSmithComponent(Component):
 
     def backup(self, ctx: BackupContext, item: str | None) -> ItemResult:
         start, end, source = ctx.window()
-        with self.hook() as hook:
-            try:
-                return self._backup(ctx, hook, start, end, source)
-            except ComponentError:
-                raise
-            except Exception as exc:
-                if not _is_api_error(exc):
-                    raise
-                raise ComponentError(self.name, None,
-                                     f"LangSmith API at {hook.api_url}: {hook.describe_error(exc)}") from exc
+        with self.hook() as hook, self._api_errors(hook, None):
+            return self._backup(ctx, hook, start, end, source)
 
     def _backup(self, ctx: BackupContext, hook: LangSmithHook, start: datetime, end: datetime,
                 source: str) -> ItemResult:
@@ -414,7 +406,7 @@ class LangSmithComponent(Component):
         return problems
 
     @contextmanager
-    def _api_errors(self, hook: LangSmithHook, item: str) -> Iterator[None]:
+    def _api_errors(self, hook: LangSmithHook, item: str | None) -> Iterator[None]:
         """Turn API errors into a :class:`ComponentError` naming the API URL and the cause."""
         try:
             yield

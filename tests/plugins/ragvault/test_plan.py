@@ -174,7 +174,7 @@ def test_a_commit_retried_after_the_old_manifest_was_removed_still_keeps_the_old
     commit(own_repo, make_plan(own_repo, settings, "2030-03-10", "r2"), {"qdrant": b"state of the 10th"})
     plan = make_plan(own_repo, settings, "2030-03-07", "rerun")
     # A first commit attempt kept the manifest aside, removed it, then died while copying.
-    aside = own_repo.previous_manifest_key(f"2030-03-07/.staging/{plan.staging}/x")
+    aside = own_repo.previous_manifest_key("2030-03-07", plan.staging)
     own_repo.client.copy_object(Bucket=own_repo.bucket, Key=aside,
                                 CopySource={"Bucket": own_repo.bucket, "Key": "2030-03-07/manifest.json"})
     own_repo.discard_manifest("2030-03-07")

@@ -55,7 +55,8 @@ MINIO_PACKAGE=github.com/minio/minio@latest
 FERRETDB_MODULE=github.com/FerretDB/FerretDB
 FERRETDB_VERSION=v1.24.2
 
-APT_PACKAGES=(redis-server redis-tools prometheus prometheus-pushgateway curl)
+# chromium: the browser the UI tests drive (Playwright with executable_path; Playwright cannot download its own)
+APT_PACKAGES=(redis-server redis-tools prometheus prometheus-pushgateway curl chromium)
 # System services that the Debian packages enable; this stack runs its own instances.
 SYSTEM_SERVICES=(redis-server prometheus prometheus-pushgateway prometheus-node-exporter)
 
@@ -96,6 +97,14 @@ svc_dir() { printf '%s/%s' "$DEVSTACK_DIR" "$1"; }
 svc_data() { printf '%s/%s/data' "$DEVSTACK_DIR" "$1"; }
 svc_log() { printf '%s/%s/%s.log' "$DEVSTACK_DIR" "$1" "$1"; }
 svc_pidfile() { printf '%s/%s/%s.pid' "$DEVSTACK_DIR" "$1" "$1"; }
+# The port a service was started on, recorded beside its pid: `down` and `status` find what `up` started
+# even when the RAGVAULT_PORT_* overrides of that shell are not set any more.
+svc_portfile() { printf '%s/%s/%s.port' "$DEVSTACK_DIR" "$1" "$1"; }
+svc_port() {
+    local recorded
+    recorded=$(cat "$(svc_portfile "$1")" 2>/dev/null) || recorded=
+    if [[ $recorded =~ ^[0-9]+$ ]]; then printf '%s' "$recorded"; else printf '%s' "${PORT[$1]}"; fi
+}
 
 # Call svc_<name>_<hook> if the service defines it; return 0 otherwise.
 svc_hook() {
@@ -123,15 +132,16 @@ pid_alive() {
 }
 
 # Pid recorded for a service, if that process is still the one we started: its
-# command line must mention the service's port or state dir (guards against pid reuse).
+# command line must mention the port it was started on or its state dir (guards against pid reuse).
 svc_pid() {
-    local name=$1 pidfile pid cmdline
+    local name=$1 pidfile pid cmdline port
     pidfile=$(svc_pidfile "$name")
     [[ -f $pidfile ]] || return 1
     pid=$(<"$pidfile")
     pid_alive "$pid" || return 1
+    port=$(svc_port "$name")
     cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
-    [[ " $cmdline " =~ [:=\ ]${PORT[$name]}[\ ] || $cmdline == *"$(svc_dir "$name")/"* ]] || return 1
+    [[ " $cmdline " =~ [:=\ ]${port}[\ ] || $cmdline == *"$(svc_dir "$name")/"* ]] || return 1
     printf '%s' "$pid"
 }
 
@@ -158,6 +168,7 @@ spawn() {
         exec setsid nohup "$@" >>"$log" 2>&1 </dev/null
     ) &
     printf '%s\n' "$!" >"$(svc_pidfile "$name")"
+    printf '%s\n' "${PORT[$name]}" >"$(svc_portfile "$name")"
 }
 
 # ---------------------------------------------------------------------------
@@ -627,7 +638,7 @@ stop_service() {
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.5
     fi
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$(svc_portfile "$name")"
 }
 
 cmd_down() {
@@ -660,7 +671,7 @@ cmd_status() {
             state=down
         fi
         [[ $state == up || $state == starting ]] || pid=-
-        printf '%-12s %-9s port %-6s pid %s\n' "$name" "$state" "${PORT[$name]}" "$pid"
+        printf '%-12s %-9s port %-6s pid %s\n' "$name" "$state" "$(svc_port "$name")" "$pid"
     done
 }
 
@@ -699,10 +710,27 @@ encryption_key() {
     cat "$file"
 }
 
+# The settings of the local stack (include/devstack/localconfig.py: the template plus where these servers keep
+# their files, and a copy of include/demo as the stack's own files), so that ragvault's commands run as the
+# README shows them once .services.env is sourced.
+write_local_settings() {
+    [[ -x $VENV_BIN/python ]] || return 0
+    mkdir -p "$DEVSTACK_DIR"
+    RAGVAULT_DEVSTACK_DIR=$DEVSTACK_DIR \
+        RAGVAULT_REDIS_DATA_DIR=${RAGVAULT_REDIS_DATA_DIR:-$(svc_data redis)} \
+        RAGVAULT_PROMETHEUS_DATA_DIR=${RAGVAULT_PROMETHEUS_DATA_DIR:-$(svc_dir prometheus)/data} \
+        RAGVAULT_PROMETHEUS_CONFIG_DIR=${RAGVAULT_PROMETHEUS_CONFIG_DIR:-$(svc_dir prometheus)} \
+        RAGVAULT_GRAFANA_DATA_DIR=${RAGVAULT_GRAFANA_DATA_DIR:-$(svc_data grafana)} \
+        PYTHONPATH=$REPO_ROOT/include "$VENV_BIN/python" -c \
+        'import sys; from pathlib import Path; from devstack.localconfig import write_local_settings as w; w(Path(sys.argv[1]))' \
+        "$DEVSTACK_DIR/ragvault.yaml"
+}
+
 cmd_env() {
     local airflow_home=$DEVSTACK_DIR/airflow tmp key
     local h=$HOST
     key=$(encryption_key)
+    write_local_settings
     tmp=$(mktemp "$ENV_FILE.XXXXXX")
     chmod 600 "$tmp"
     {
@@ -722,6 +750,7 @@ cmd_env() {
         env_default RAGVAULT_PROMETHEUS_CONFIG_DIR "$(svc_dir prometheus)"
         env_default RAGVAULT_PUSHGATEWAY_URL "http://$h:${PORT[pushgateway]}"
         env_default RAGVAULT_GRAFANA_DATA_DIR "$(svc_data grafana)"
+        env_default RAGVAULT_CONFIG "$DEVSTACK_DIR/ragvault.yaml"
         env_default AIRFLOW_CONN_RAGVAULT_ENCRYPTION "{\"conn_type\":\"generic\",\"password\":\"$key\"}"
         env_default AIRFLOW_CONN_MINIO_S3 \
             "{\"conn_type\":\"aws\",\"login\":\"$MINIO_USER\",\"password\":\"$MINIO_PASSWORD\",\"extra\":{\"endpoint_url\":\"http://$h:${PORT[minio]}\",\"region_name\":\"us-east-1\"}}"

@@ -315,11 +315,12 @@ def test_airflow_accepts_every_connection():
 # ---------------------------------------------------------------------------
 
 
-def run_script(*args: str, env_file: Path, devstack: Path) -> subprocess.CompletedProcess:
+def run_script(*args: str, env_file: Path, devstack: Path, extra: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "RAGVAULT_"))}
-    env.update(RAGVAULT_SERVICES_ENV_FILE=str(env_file), RAGVAULT_DEVSTACK_DIR=str(devstack))
+    env.update(RAGVAULT_SERVICES_ENV_FILE=str(env_file), RAGVAULT_DEVSTACK_DIR=str(devstack), **(extra or {}))
     return subprocess.run(
-        ["bash", str(SERVICES_SH), *args], env=env, capture_output=True, text=True, timeout=60, check=True
+        ["bash", str(SERVICES_SH), *args], env=env, capture_output=True, text=True, timeout=timeout, check=True
     )
 
 
@@ -401,3 +402,66 @@ def test_status_lists_every_service(tmp_path):
     # Nothing was started from this empty state dir, so no line can claim a pid.
     assert all(line.split()[1] in {"down", "absent", "foreign", "external"} for line in out)
     assert all(line.endswith("pid -") for line in out)
+
+
+def test_env_file_names_the_local_settings(tmp_path):
+    """`airflow dags test intelligence_backup <date>` after `. .services.env` reads the local stack's settings:
+    the file components point at the stack's own copy of the demo files, Prometheus at its data dir."""
+    from ragvault.config import load_settings
+
+    devstack = tmp_path / "devstack"
+    run_script("env", env_file=tmp_path / "services.env", devstack=devstack)
+    env = sourced_environment("bash", tmp_path / "services.env", {})
+    assert env["RAGVAULT_CONFIG"] == str(devstack / "ragvault.yaml")
+    settings = load_settings(env["RAGVAULT_CONFIG"])
+    assert settings.component("prometheus")["data_dir"] == str(devstack / "prometheus" / "data")
+    assert settings.component("prometheus")["config_dir"] == str(devstack / "prometheus")
+    env_path = Path(settings.component("infra")["env_path"])
+    assert env_path == devstack / "demo-files" / "infra" / ".env"
+    assert env_path.read_bytes() == (REPO_ROOT / "include" / "demo" / "infra" / ".env").read_bytes()
+    # a value already in the environment wins, as for every other variable of the file
+    assert sourced_environment("bash", tmp_path / "services.env",
+                               {"RAGVAULT_CONFIG": "/etc/ragvault.yaml"})["RAGVAULT_CONFIG"] == "/etc/ragvault.yaml"
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="redis-server is not installed")
+def test_down_stops_a_service_started_on_another_port(tmp_path):
+    """`down` stops what `up` started from the pid and port it recorded, without the RAGVAULT_PORT_* of `up`."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    devstack, env_file = tmp_path / "devstack", tmp_path / "services.env"
+    (devstack / "airflow").mkdir(parents=True)
+    (devstack / "airflow" / "airflow.db").touch()  # this test needs no Airflow metadata db
+    only_redis = {f"RAGVAULT_EXTERNAL_{name}": "1"
+                  for name in ("MINIO", "MONGO", "QDRANT", "PUSHGATEWAY", "PROMETHEUS", "GRAFANA", "LANGSMITH")}
+    try:
+        run_script("up", env_file=env_file, devstack=devstack, extra={**only_redis, "RAGVAULT_PORT_REDIS": str(port)},
+                   timeout=120)
+        pid = int((devstack / "redis" / "redis.pid").read_text())
+        assert running(pid)
+        status = run_script("status", env_file=env_file, devstack=devstack, extra=only_redis).stdout
+        assert any(line.split()[:2] == ["redis", "up"] and f"port {port}" in line
+                   for line in status.splitlines()), status
+        # a new shell: the port override of `up` is gone
+        run_script("down", env_file=env_file, devstack=devstack)
+        deadline = time.monotonic() + 10
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(pid), f"redis-server {pid} still runs after down"
+        assert not (devstack / "redis" / "redis.pid").exists()
+    finally:
+        pidfile = devstack / "redis" / "redis.pid"
+        if pidfile.exists():
+            subprocess.run(["kill", pidfile.read_text().strip()], check=False)

@@ -9,7 +9,7 @@ Airflow UI (**Trigger DAG** opens the form) or with `airflow dags trigger intell
 | `backup_date` | `latest` (the complete backup whose state was captured last) or a `YYYY-MM-DD` date |
 | `components` | which components to restore (default: all) |
 | `dry_run` | verify the backup and print the plan; write nothing |
-| `confirm` | to restore over targets that already hold data, type the backup date here |
+| `confirm` | empty for a dry run or blank targets; to restore over targets that already hold data, the backup date |
 
 1. **pause_ingestion** (setup), **resolve_backup**: finds the complete backup. A backfilled date holds only
    that day's interval data (LangSmith runs, Prometheus blocks, Mongo interval collections): its other
@@ -51,6 +51,9 @@ with DAG(
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # no schedule: it runs only when triggered, so it is active from the start (a paused DAG's triggered runs
+    # would wait in the queue until someone unpauses it)
+    is_paused_upon_creation=False,
     default_args={**settings.default_args(), "retries": 0},
     render_template_as_native_obj=True,
     doc_md=__doc__,
@@ -61,13 +64,17 @@ with DAG(
                              title="Backup date",
                              description="latest (the backup with the most recently captured state), or the YYYY-MM-DD "
                                          "date of a complete backup"),
+        # "examples" on an array makes the trigger form a multi-select of the nine
         "components": Param(list(REGISTRY), type="array", items={"type": "string", "enum": list(REGISTRY)},
-                            uniqueItems=True, minItems=1, title="Components",
+                            examples=list(REGISTRY), uniqueItems=True, minItems=1, title="Components",
                             description="the components to restore (default: all of them)"),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="verify the backup and print the plan; write nothing"),
-        "confirm": Param("", type="string", title="Confirm overwrite",
-                         description="restoring over targets that already hold data needs the backup date here"),
+        # optional ("null" allowed): a dry run, or a restore onto blank targets, needs no confirmation;
+        # plan_restore asks for it only when a restore would overwrite data
+        "confirm": Param(None, type=["null", "string"], title="Confirm overwrite",
+                         description="leave empty for a dry run or blank targets; to restore over targets that "
+                                     "already hold data, type the backup date (YYYY-MM-DD) here"),
     },
 ) as dag:
     pause = PauseIngestionOperator(task_id="pause_ingestion")

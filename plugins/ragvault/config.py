@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "retry_delay_seconds": 60,
     "max_retry_delay_seconds": 900,
     "notifications": {"webhook_conn_id": None},
-    "lock": {"wait_seconds": 3600, "stale_after_seconds": 43200},
+    "lock": {"wait_seconds": 3600, "lease_seconds": 600},
     "backfill": {"state_parts": "skip"},
     "ingestion": {
         "pause_dag_ids": [],

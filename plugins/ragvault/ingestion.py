@@ -76,6 +76,10 @@ class IngestionControl:
         if state is not None:
             self.log.info("ingestion: keeping the state saved by %s at %s (a retry, or a run that did not resume)",
                           state.get("owner"), state.get("saved_at"))
+            if state.get("owner") != owner:
+                # that run died holding the lock, which this run took over: its resume is now this run's
+                state = {**state, "owner": owner, "taken_over_from": state.get("owner")}
+                Variable.set(STATE_VARIABLE, json.dumps(state), description="ragvault: ingestion state before pause")
         else:
             api = self._api() if self.dag_ids else None
             state = {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +13,8 @@ from ragvault.components import REGISTRY, RESTORE_ORDER, ComponentError, get_com
 from ragvault.components.base import BackupContext, RestoreContext
 from ragvault.config import Settings, load_settings
 from ragvault.ingestion import IngestionControl
-from ragvault.plan import CAPTURE, INTERVAL_ONLY, SKIPPED, BackupPlan, kept_sections, make_plan, state_summary
+from ragvault.lock import BucketLock, lease_seconds
+from ragvault.plan import CAPTURE, INTERVAL_ONLY, SKIPPED, BackupPlan, assemble_manifest, make_plan
 from ragvault.repository import BackupRepository, ItemResult, RepositoryError, check_date
 
 
@@ -30,9 +32,25 @@ def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
         # the SDK's DagRunType is a str enum whose str() is "DagRunType.BACKFILL": record its value, "backfill"
         "run_type": getattr(run_type, "value", run_type) or None,
         "logical_date": iso(context.get("logical_date")),
+        "run_after": iso(getattr(dag_run, "run_after", None)),
         "data_interval_start": iso(context.get("data_interval_start")),
         "data_interval_end": iso(context.get("data_interval_end")),
     }
+
+
+def run_date(context: Mapping[str, Any]) -> str:
+    """The date folder of a run: the day of its logical date (``ds``), in UTC.
+
+    A run triggered without a logical date (``airflow dags trigger``, the REST API with ``logical_date:
+    null``) has no ``ds``: its folder is the UTC day it was triggered for (its ``run_after``).
+    """
+    from datetime import UTC, datetime
+
+    dag_run = context.get("dag_run")
+    moment = context.get("logical_date") or getattr(dag_run, "logical_date", None)
+    if moment is None:
+        moment = getattr(dag_run, "run_after", None) or datetime.now(UTC)
+    return moment.astimezone(UTC).date().isoformat()
 
 
 def _at(component) -> str:
@@ -58,16 +76,23 @@ class _RagvaultOperator(BaseOperator):
     def settings(self) -> Settings:
         return load_settings(self.config_path)
 
-    def repository(self, settings: Settings) -> BackupRepository:
+    def repository(self, settings: Settings, *, check: bool = True) -> BackupRepository:
         repo = BackupRepository.from_connection(settings.conn_id("s3"), settings.bucket)
-        repo.check_bucket()
+        if check:
+            repo.check_bucket()
         return repo
+
+    def lock(self, context, settings: Settings, repo: BackupRepository) -> BucketLock:
+        """The bucket's lock as this run sees it (its owner is the run id)."""
+        return BucketLock(repo.client, repo.bucket, context["dag_run"].run_id,
+                          lease=lease_seconds(settings.data["lock"]))
 
 
 class _BackupOperator(_RagvaultOperator):
     """Common ground of the backup operators: the run's date and the plan ``plan_backup`` made for it.
 
-    :param backup_date: the backup's date folder, ``YYYY-MM-DD`` (templated; default the run's ``ds``).
+    :param backup_date: the backup's date folder, ``YYYY-MM-DD`` (templated; default the run's date: its
+        ``ds``, or the day it was triggered for when it has no logical date, see :func:`run_date`).
     :param plan_task_id: the task whose return value is the run's :class:`~ragvault.plan.BackupPlan`; when
         it has none (the operator used on its own), the plan is made here the same way.
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
@@ -75,18 +100,22 @@ class _BackupOperator(_RagvaultOperator):
 
     template_fields: Sequence[str] = ("backup_date", "config_path")
 
-    def __init__(self, *, backup_date: str = "{{ ds }}", plan_task_id: str | None = "plan_backup",
+    def __init__(self, *, backup_date: str | None = None, plan_task_id: str | None = "plan_backup",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_date = backup_date
         self.plan_task_id = plan_task_id
+
+    def date(self, context) -> str:
+        """The backup's date folder: ``backup_date`` if given, else the run's date (:func:`run_date`)."""
+        return check_date(self.backup_date or run_date(context))
 
     def plan(self, context, settings: Settings, repo: BackupRepository | None = None) -> BackupPlan:
         """The run's plan: ``plan_backup``'s, or one made here (on ``repo``, or a repository built for it)."""
         made = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None
         if made:
             return BackupPlan.from_dict(made)
-        return make_plan(repo or self.repository(settings), settings, check_date(self.backup_date),
+        return make_plan(repo or self.repository(settings), settings, self.date(context),
                          context["dag_run"].run_id)
 
 
@@ -95,7 +124,7 @@ class PlanBackupOperator(_BackupOperator):
     skipped), from the complete backups already in the bucket and ``backfill.state_parts``; see
     ``ragvault.plan``. Runs after ``pause_ingestion``, which holds the bucket's lock.
 
-    :param backup_date: the backup's date folder (templated; default the run's ``ds``).
+    :param backup_date: the backup's date folder (templated; default the run's date).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
@@ -108,7 +137,19 @@ class PlanBackupOperator(_BackupOperator):
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
         repo = self.repository(settings)
-        plan = make_plan(repo, settings, check_date(self.backup_date), context["dag_run"].run_id)
+        date = self.date(context)
+        with self.lock(context, settings, repo).keep_alive() as lock:
+            # What dead runs left: a commit cut short (its manifest still names staged objects), uploads never
+            # completed. This run holds the lock, so no other run is writing.
+            repaired = repo.repair(date)
+            if repaired:
+                self.log.warning("backup %s: cleaned up after a crashed run: %d staged objects moved into place, "
+                                 "%d leftover objects removed", date, repaired["moved"], repaired["removed"])
+            aborted = repo.abort_stale_uploads(before=lock.acquired_at())
+            if aborted:
+                self.log.warning("aborted %d incomplete uploads left by dead runs (%s)", len(aborted),
+                                 ", ".join(aborted[:5]) + (", ..." if len(aborted) > 5 else ""))
+            plan = make_plan(repo, settings, date, context["dag_run"].run_id)
         self.log.info("backup %s: %s", plan.date, plan.reason)
         for name, decision in plan.components.items():
             self.log.info("  %-10s %-8s %s", name, decision["mode"], decision["reason"])
@@ -125,7 +166,7 @@ class ListItemsOperator(_BackupOperator):
     the items that hold some; none when the plan skips or keeps the component.
 
     :param component: the component's name (``qdrant``, ``mongodb``...).
-    :param backup_date: the backup's date folder (templated; default the run's ``ds``).
+    :param backup_date: the backup's date folder (templated; default the run's date).
     :param plan_task_id: the task whose return value is the run's plan (default ``plan_backup``).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
@@ -164,7 +205,7 @@ class BackupComponentOperator(_BackupOperator):
     :param component: the component's name.
     :param item: the item (collection, database...) for components backed up item by item; usually
         mapped from :class:`ListItemsOperator`'s output.
-    :param backup_date: the backup's date folder, ``YYYY-MM-DD`` (templated; default the run's ``ds``).
+    :param backup_date: the backup's date folder, ``YYYY-MM-DD`` (templated; default the run's date).
     :param plan_task_id: the task whose return value is the run's plan (default ``plan_backup``).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
@@ -181,7 +222,7 @@ class BackupComponentOperator(_BackupOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         settings = self.settings()
-        date = check_date(self.backup_date)
+        date = self.date(context)
         repo = self.repository(settings)
         plan = self.plan(context, settings, repo)
         mode = plan.mode(self.component)
@@ -191,13 +232,16 @@ class BackupComponentOperator(_BackupOperator):
         ctx = BackupContext(repo=repo, date=date, component=self.component, run=run_info(context), log=self.log,
                             mode=mode, staging=plan.staging)
         component = get_component(self.component)(settings)
+        started = time.monotonic()
         try:
-            result = component.backup(ctx, self.item)
-        except ComponentError:
+            with self.lock(context, settings, repo).keep_alive():
+                result = component.backup(ctx, self.item)
+        except (ComponentError, RepositoryError):
             raise
         except Exception as exc:
             raise ComponentError(self.component, self.item,
                                  f"backup failed{_at(component)}: {type(exc).__name__}: {exc}") from exc
+        result.seconds = round(time.monotonic() - started, 3)
         self.log.info("%s[%s]: %s; %d artifact(s), %d bytes", self.component, result.item,
                       ", ".join(f"{k}={v}" for k, v in result.counts.items()), len(result.artifacts),
                       sum(a.size for a in result.artifacts))
@@ -213,7 +257,7 @@ class CommitManifestOperator(_BackupOperator):
 
     :param results_from: component name -> task id of its backup task (mapped or not) whose return values
         are the :class:`~ragvault.repository.ItemResult` s to record.
-    :param backup_date: the backup's date folder (templated; default the run's ``ds``).
+    :param backup_date: the backup's date folder (templated; default the run's date).
     :param plan_task_id: the task whose return value is the run's plan (default ``plan_backup``).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
@@ -226,37 +270,57 @@ class CommitManifestOperator(_BackupOperator):
 
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
-        date = check_date(self.backup_date)
+        date = self.date(context)
         repo = self.repository(settings)
         plan = self.plan(context, settings, repo)
-        results: list[ItemResult] = []
-        for component, task_id in self.results_from.items():
-            values = context["ti"].xcom_pull(task_ids=[task_id])
-            found = [ItemResult.from_dict(v) for v in values if v]
-            if not found:
-                self.log.info("%s: nothing was backed up (no items)", component)
-            results += found
-        manifest = repo.build_manifest(date, results, run_info(context))
-        sections, kept = kept_sections(plan, repo.previous_manifest(date, plan.staging) if plan.staging else None)
-        manifest["components"].update(sections)
-        manifest["artifacts"] += kept
-        for component in self.results_from:
-            section = manifest["components"].setdefault(
-                component, {"source_version": None, "captured_at": None, "counts": {}, "items": {}})
-            decision = plan.components.get(component, {"mode": plan.mode(component), "reason": plan.reason})
-            section.setdefault("mode", decision["mode"])
-            section.setdefault("reason", decision["reason"])
-        manifest["state"] = state_summary(plan, manifest)
-        key = repo.commit_manifest(manifest)
-        total = sum(a["size"] for a in manifest["artifacts"])
-        self.log.info("state: %s", plan.reason)
-        for name, comp in manifest["components"].items():
-            self.log.info("%-10s %-8s %s", name, comp["mode"],
-                          ", ".join(f"{k}={v}" for k, v in comp["counts"].items()) or "empty")
-        self.log.info("backup %s complete: %d artifacts, %d bytes, s3://%s/%s",
-                      date, len(manifest["artifacts"]), total, repo.bucket, key)
-        return {"manifest": key, "artifacts": len(manifest["artifacts"]), "bytes": total}
+        run = run_info(context)
+        lock = self.lock(context, settings, repo)
+        with lock.keep_alive():
+            existing = repo.read_manifest(date)
+            if existing is not None and existing.get("run", {}).get("run_id") == run["run_id"]:
+                # an earlier try of this task wrote the manifest, then died: finish what it left, once
+                self.log.info("backup %s was committed by an earlier try of this task: finishing it", date)
+                repo.finish_commit(existing)
+                manifest = existing
+            else:
+                results: list[ItemResult] = []
+                for component, task_id in self.results_from.items():
+                    values = context["ti"].xcom_pull(task_ids=[task_id])
+                    found = [ItemResult.from_dict(v) for v in values if v]
+                    if not found:
+                        self.log.info("%s: nothing was backed up (no items)", component)
+                    results += found
+                manifest = assemble_manifest(repo, plan, results, run)
+                repo.commit_manifest(manifest, fence=lock.renew)
+        return self.summarise(manifest, plan, repo)
 
+    def summarise(self, manifest: dict[str, Any], plan: BackupPlan, repo: BackupRepository) -> dict[str, Any]:
+        """The run's outcome at a glance, at the end of the log: per component its mode, items, size and the
+        time its tasks took (summed over its items); a backup in which some component was not captured by this
+        run says it is partial."""
+        date = manifest["backup_date"]
+        sizes: dict[str, int] = {}
+        for artifact in manifest["artifacts"]:
+            sizes[artifact["component"]] = sizes.get(artifact["component"], 0) + artifact["size"]
+        lines = [f"{'component':10} {'mode':8} {'items':>5} {'size':>10} {'time':>7}  counts"]
+        for name, comp in manifest["components"].items():
+            seconds = [i["seconds"] for i in comp.get("items", {}).values() if i.get("seconds") is not None]
+            took = sum(seconds) if seconds and comp.get("mode") != "kept" else None
+            lines.append(f"{name:10} {comp.get('mode', '?'):8} {len(comp.get('items', {})):>5} "
+                         f"{human_size(sizes.get(name, 0)):>10} {f'{took:.0f} s' if took is not None else '-':>7}  "
+                         + (", ".join(f"{k}={v}" for k, v in comp.get("counts", {}).items()) or "empty"))
+        not_captured = sorted(n for n, c in manifest["components"].items() if c.get("mode") != CAPTURE)
+        total = sum(sizes.values())
+        self.log.info("state: %s", plan.reason)
+        self.log.info("backup %s:\n%s", date, "\n".join(lines))
+        if not_captured:
+            self.log.warning("backup %s is PARTIAL: %d of %d components were not captured by this run (%s); see "
+                             "their mode and reason above", date, len(not_captured), len(manifest["components"]),
+                             ", ".join(f"{n}: {manifest['components'][n].get('mode')}" for n in not_captured))
+        self.log.info("backup %s complete: %d artifacts, %s, s3://%s/%s", date, len(manifest["artifacts"]),
+                      human_size(total), repo.bucket, repo.manifest_key(date))
+        return {"manifest": repo.manifest_key(date), "artifacts": len(manifest["artifacts"]), "bytes": total,
+                "partial": bool(not_captured), "not_captured": not_captured}
 
 class PauseIngestionOperator(_RagvaultOperator):
     """Take the bucket's lock, then pause ingestion (configured DAGs and/or flags); see ``ragvault.ingestion``.
@@ -270,34 +334,53 @@ class PauseIngestionOperator(_RagvaultOperator):
         settings = self.settings()
         owner = context["dag_run"].run_id
         repo = self.repository(settings)
-        lock = settings.data["lock"]
-        repo.acquire_lock(owner, stale_after=float(lock["stale_after_seconds"]), wait=float(lock["wait_seconds"]))
+        lock = self.lock(context, settings, repo)
+        lock.acquire(wait=float(settings.data["lock"]["wait_seconds"]))
         try:
             return IngestionControl(settings, self.log).pause(owner=owner)
         except BaseException:
-            repo.release_lock(owner)  # the pause put everything back; its teardown will not run
+            lock.release(attempts=3)  # the pause put everything back; its teardown will not run
             raise
 
 
 class ResumeIngestionOperator(_RagvaultOperator):
     """Put ingestion back exactly as it was before the pause, then release the lock (a teardown: it also runs
-    after failures). A run that does not hold the lock leaves ingestion to the run that does.
+    after failures).
 
+    Ingestion comes first and needs nothing but Airflow: the state saved by the pause (an Airflow Variable)
+    says which run paused it, so ingestion is resumed even when MinIO cannot be reached. Ingestion paused by
+    another run is left to that run. Then the lock is released, retried while the bucket is unreachable; if it
+    still cannot be, the task fails saying so, and the lock frees itself when its lease runs out.
+
+    :param release_attempts: tries to release the lock (the waits between them double from 2 s).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
     ui_color = "#fadbd8"
 
+    def __init__(self, *, release_attempts: int = 5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release_attempts = release_attempts
+
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
         owner = context["dag_run"].run_id
-        repo = self.repository(settings)
-        held = repo.lock_holder()
-        if held is not None and held[0].get("owner") != owner:
-            self.log.warning("the lock is held by %s: ingestion is that run's to resume, left alone", held[0]["owner"])
-            return {"resumed": False, "lock_holder": held[0]["owner"]}
-        result = IngestionControl(settings, self.log).resume()
-        repo.release_lock(owner)
+        control = IngestionControl(settings, self.log)
+        state = control.saved_state()
+        if state is not None and state.get("owner") not in (None, owner):
+            self.log.warning("ingestion was paused by run %s: it is that run's to resume, left alone", state["owner"])
+            result: dict[str, Any] = {"resumed": False, "paused_by": state["owner"]}
+        else:
+            result = control.resume()
+        repo = self.repository(settings, check=False)
+        lock = self.lock(context, settings, repo)
+        try:
+            result["lock_released"] = lock.release(attempts=self.release_attempts)
+        except Exception as exc:
+            raise RepositoryError(
+                f"ingestion was {'resumed' if result.get('resumed') else 'left as it was'}, but the lock {lock.url} "
+                f"could not be released: {type(exc).__name__}: {exc}. It frees itself when its lease runs out "
+                f"(lock.lease_seconds = {lock.lease:.0f}), and the next run takes it over then") from exc
         return result
 
 
@@ -449,7 +532,8 @@ class VerifyBackupOperator(_RestoreOperator):
         repo, manifest, components = self.backup(settings)
         artifacts = [a for a in manifest["artifacts"] if a["component"] in components]
         cipher = load_cipher(settings) if any(a.get("encryption") for a in artifacts) else None
-        problems = [p for artifact in artifacts for p in repo.verify_artifact(artifact, cipher)]
+        with self.lock(context, settings, repo).keep_alive():
+            problems = [p for artifact in artifacts for p in repo.verify_artifact(artifact, cipher)]
         if problems:
             raise RepositoryError(f"backup {manifest['backup_date']} failed verification, nothing was restored: "
                                   + "; ".join(problems))
@@ -460,10 +544,14 @@ class VerifyBackupOperator(_RestoreOperator):
 
 
 class PlanRestoreOperator(_RestoreOperator):
-    """Say what the restore would write and what it would overwrite; stop unless confirmed.
+    """Check every selected component before anything is written, say what the restore would write and what
+    it would overwrite; stop unless confirmed.
 
-    Over targets that already hold data the restore goes on only when ``confirm`` equals the backup date.
-    In a dry run the plan is printed and nothing is written.
+    Each component inspects its target (reachable? holding data?) and runs its pre-flight checks
+    (:meth:`~ragvault.components.base.Component.preflight`: archives safe to extract, versions the target
+    can take, room on disk...). Any problem, in any component, stops the restore here, before the first
+    write to any target, naming them all. Over targets that already hold data the restore goes on only when
+    ``confirm`` equals the backup date. In a dry run the plan is printed and nothing is written.
 
     :param resolved: ``resolve_backup``'s result (templated).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
@@ -473,24 +561,34 @@ class PlanRestoreOperator(_RestoreOperator):
         settings = self.settings()
         repo, manifest, components = self.backup(settings)
         date = manifest["backup_date"]
-        lines, overwrites = [], []
-        for name in components:
-            component = get_component(name)(settings)
-            ctx = self.context(repo, manifest, name, settings)
-            for item in component.restore_items(ctx.section):
-                entry = ctx.item(item)
-                size = sum(a["size"] for a in ctx.artifacts(item).values())
-                counts = ", ".join(f"{k}={v}" for k, v in entry["counts"].items())
-                try:
-                    target = component.inspect_target(ctx, item)
-                except Exception as exc:
-                    raise ComponentError(name, item, f"could not inspect the target{_at(component)}: "
-                                         f"{type(exc).__name__}: {exc}") from exc
-                verdict = "OVERWRITE" if target["holds_data"] else "write"
-                lines.append(f"{name:10} {item:30} {counts} ({human_size(size)}) -> {verdict}: {target['what']}")
-                if target["holds_data"]:
-                    overwrites.append(f"{name}[{item}] ({target['what']})")
+        lines, overwrites, problems = [], [], []
+        with self.lock(context, settings, repo).keep_alive():
+            for name in components:
+                component = get_component(name)(settings)
+                ctx = self.context(repo, manifest, name, settings)
+                for item in component.restore_items(ctx.section):
+                    entry = ctx.item(item)
+                    size = sum(a["size"] for a in ctx.artifacts(item).values())
+                    counts = ", ".join(f"{k}={v}" for k, v in entry["counts"].items())
+                    try:
+                        target = component.inspect_target(ctx, item)
+                        found = component.preflight(ctx, item)
+                    except Exception as exc:  # every component is checked; the restore stops below on any
+                        problems.append(f"{name}[{item}]: could not check the target{_at(component)}: "
+                                        f"{type(exc).__name__}: {exc}")
+                        continue
+                    problems += [f"{name}[{item}]: {problem}" for problem in found]
+                    verdict = "OVERWRITE" if target["holds_data"] else "write"
+                    lines.append(f"{name:10} {item:30} {counts} ({human_size(size)}) -> {verdict}: "
+                                 f"{target['what']}")
+                    if target["holds_data"]:
+                        overwrites.append(f"{name}[{item}] ({target['what']})")
         self.log.info("restore plan for the backup of %s:\n%s", date, "\n".join(lines))
+        if problems:
+            raise ComponentError("restore", None, f"the pre-flight checks of the backup of {date} failed; nothing "
+                                 "was written to any target:\n  " + "\n  ".join(problems))
+        self.log.info("pre-flight: every check of %s passed (%d items); no target has been written yet",
+                      ", ".join(components), len(lines))
         if self.resolved["dry_run"]:
             self.log.info("dry run: nothing is written")
         elif overwrites and self.resolved["confirm"] != date:
@@ -558,17 +656,33 @@ class RestoreComponentOperator(_RestoreOperator):
         component = get_component(self.component)(settings)
         items = [self.item] if self.item is not None else component.restore_items(ctx.section)
         restored = {}
+        with self.lock(context, settings, repo).keep_alive():
+            restored = self._restore(component, ctx, items)
+        return restored
+
+    def _restore(self, component, ctx: RestoreContext, items: list[str]) -> dict[str, Any]:
+        restored = {}
         for item in items:
             try:
                 restored[item] = component.restore(ctx, item)
-            except ComponentError:
-                raise
             except Exception as exc:
-                raise ComponentError(self.component, item,
-                                     f"restore failed{_at(component)}: {type(exc).__name__}: {exc}") from exc
+                cause = exc.cause if isinstance(exc, ComponentError) else (
+                    f"restore failed{_at(component)}: {type(exc).__name__}: {exc}")
+                raise ComponentError(self.component, item, f"{cause}\n{self._state_left(item)}") from exc
             self.log.info("%s[%s] restored: %s", self.component, item,
                           ", ".join(f"{k}={v}" for k, v in restored[item].items()))
         return restored
+
+
+    def _state_left(self, item: str) -> str:
+        """What a restore that fails here has left, for the person who reads the error at 3 a.m."""
+        chosen = list(self.resolved["components"])
+        before = chosen[:chosen.index(self.component)] if self.component in chosen else []
+        after = chosen[chosen.index(self.component) + 1:] if self.component in chosen else []
+        return (f"State left by this restore: restored before this step: {', '.join(before) or 'nothing'}; "
+                f"{self.component}[{item}] failed part-way and its target may hold part of the backup; not "
+                f"restored: {', '.join(after) or 'nothing'}. Fix the cause and trigger the restore again (with "
+                f"confirm = {self.resolved.get('date')}): every component is restored whole again.")
 
 
 class VerifyRestoreOperator(_RestoreOperator):

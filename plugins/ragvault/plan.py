@@ -35,7 +35,7 @@ from typing import Any
 from ragvault.components import REGISTRY
 from ragvault.components.base import INTERVAL, STATE
 from ragvault.config import Settings
-from ragvault.repository import BackupRepository, check_date
+from ragvault.repository import BackupRepository, ItemResult, check_date
 
 CAPTURE, INTERVAL_ONLY, SKIPPED, KEPT = "capture", "interval", "skipped", "kept"
 POLICIES = ("skip", "capture")
@@ -124,6 +124,23 @@ def kept_sections(plan: BackupPlan, existing: dict[str, Any] | None) -> tuple[di
         sections[name] = {**existing["components"][name], "mode": KEPT, "reason": decision["reason"]}
         artifacts += [dict(a) for a in existing["artifacts"] if a["component"] == name]
     return sections, artifacts
+
+
+def assemble_manifest(repo: BackupRepository, plan: BackupPlan, results: list[ItemResult],
+                      run: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a run: what its tasks backed up, the parts it keeps from the date's complete backup,
+    every planned component's mode and reason, and the ``state`` block."""
+    manifest = repo.build_manifest(plan.date, results, run)
+    sections, kept = kept_sections(plan, repo.read_manifest(plan.date) if plan.staging else None)
+    manifest["components"].update(sections)
+    manifest["artifacts"] += kept
+    for name, decision in plan.components.items():
+        section = manifest["components"].setdefault(
+            name, {"source_version": None, "captured_at": None, "counts": {}, "items": {}})
+        section.setdefault("mode", decision["mode"])
+        section.setdefault("reason", decision["reason"])
+    manifest["state"] = state_summary(plan, manifest)
+    return manifest
 
 
 def state_summary(plan: BackupPlan, manifest: dict[str, Any]) -> dict[str, Any]:

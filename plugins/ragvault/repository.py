@@ -18,10 +18,8 @@ import hashlib
 import json
 import logging
 import re
-import socket
-import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,11 +43,10 @@ class RepositoryError(RuntimeError):
     """The bucket is unreachable, an object is missing, or what is stored does not match the manifest."""
 
 
-class LockedError(RepositoryError):
-    """Another run holds the bucket's lock."""
+class ManifestError(RepositoryError):
+    """A ``manifest.json`` that is not a manifest of this package for its date."""
 
 
-LOCK_KEY = "ragvault.lock"
 #: a rerun of a date that holds a complete backup writes aside, under ``<date>/.staging/<token>/``
 STAGING_DIR = ".staging"
 STAGING_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -86,6 +83,14 @@ class Artifact:
     #: the object's ETag in the bucket, recorded at commit: readers fetch it If-Match, so an object replaced
     #: after the manifest was written is refused rather than mixed with the others
     etag: str | None = None
+    #: where the object is while a commit moves it into place, when that is not ``key`` (a rerun's object,
+    #: still under ``<date>/.staging/<token>/``): readers read it there
+    stored_at: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The object to read: ``stored_at`` while it is set, else ``key``."""
+        return self.stored_at or self.key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +114,8 @@ class ItemResult:
     counts: dict[str, int] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: how long the backup of the item took
+    seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -184,6 +191,35 @@ def state_captured_at(manifest: dict[str, Any]) -> str | None:
     return min(times) if times else None
 
 
+#: where each multipart upload in progress is noted until it completes or is aborted
+UPLOADS_PREFIX = ".ragvault/uploads/"
+
+
+def upload_marker_key(key: str, upload_id: str) -> str:
+    digest = hashlib.sha256(f"{key} {upload_id}".encode()).hexdigest()
+    return f"{UPLOADS_PREFIX}{digest[:32]}.json"
+
+
+def parse_manifest(body: bytes, where: str, date: str) -> dict[str, Any]:
+    """A manifest from its bytes, checked to be one of this package's for ``date``; :class:`ManifestError`
+    naming ``where`` and what is wrong otherwise."""
+    try:
+        manifest = json.loads(body)
+    except ValueError as exc:
+        raise ManifestError(f"{where} is not JSON ({len(body)} bytes: {exc}): not a ragvault manifest") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{where} holds a JSON {type(manifest).__name__}, not a ragvault manifest")
+    found = manifest.get("format")
+    if found != MANIFEST_FORMAT:
+        raise ManifestError(f"{where} is of format {found!r}, not {MANIFEST_FORMAT!r}: not a ragvault manifest")
+    if manifest.get("backup_date") != date:
+        raise ManifestError(f"{where} is the manifest of {manifest.get('backup_date')!r}, not of {date}: it was "
+                            "copied from another date")
+    if not isinstance(manifest.get("components"), dict) or not isinstance(manifest.get("artifacts"), list):
+        raise ManifestError(f"{where} has no components or artifacts: not a whole ragvault manifest")
+    return manifest
+
+
 class _MultipartSink:
     """Bytes in, one S3 object out: a multipart upload fed part by part, aborted on failure."""
 
@@ -193,6 +229,7 @@ class _MultipartSink:
         self.part_size = max(part_size, 5 * MiB)
         self.buffer = bytearray()
         self.upload_id: str | None = None
+        self.marker: str | None = None
         self.parts: list[dict[str, Any]] = []
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -222,6 +259,12 @@ class _MultipartSink:
                 Bucket=self.bucket, Key=self.key, ContentType=self.content_type
             )
             self.upload_id = response["UploadId"]
+            # Noted in the bucket, so that the upload of a worker killed before it completes or aborts is found
+            # and aborted by a later run (MinIO lists open uploads only by their exact key after a restart).
+            self.marker = upload_marker_key(self.key, self.upload_id)
+            self.client.put_object(Bucket=self.bucket, Key=self.marker, ContentType="application/json",
+                                   Body=json.dumps({"key": self.key, "upload_id": self.upload_id,
+                                                    "started": utcnow_iso()}).encode())
         number = len(self.parts) + 1
         response = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, PartNumber=number, UploadId=self.upload_id, Body=body
@@ -243,15 +286,26 @@ class _MultipartSink:
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": self.parts},
             )
+            self._forget_marker()
         self.buffer = bytearray()
+
+    def _forget_marker(self) -> None:
+        if self.marker is not None:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.marker)
+            except Exception:  # a later run's clean-up removes it with the upload it names
+                log.warning("%s: could not remove the upload note %s", self.key, self.marker, exc_info=True)
+            self.marker = None
 
     def abort(self) -> None:
         self.buffer = bytearray()
         if self.upload_id is not None:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-            except Exception:  # the upload is abandoned either way; MinIO/S3 expire it
-                log.warning("%s: could not abort multipart upload %s", self.key, self.upload_id, exc_info=True)
+                self._forget_marker()
+            except Exception:  # the next run aborts it (BackupRepository.abort_stale_uploads)
+                log.warning("%s: could not abort multipart upload %s; the next backup run aborts it", self.key,
+                            self.upload_id, exc_info=True)
             self.upload_id = None
 
 
@@ -334,17 +388,19 @@ class ArtifactWriter:
 class BackupRepository:
     """The bucket seen as a set of dated backups, each closed by its manifest."""
 
-    def __init__(self, client, bucket: str, *, part_size: int = DEFAULT_PART_SIZE):
+    def __init__(self, client, bucket: str, *, part_size: int = DEFAULT_PART_SIZE, conn_id: str | None = None):
         self.client = client
         self.bucket = bucket
         self.part_size = part_size
+        #: the Airflow connection the client was built from, named in error messages
+        self.conn_id = conn_id
 
     @classmethod
     def from_connection(cls, aws_conn_id: str, bucket: str, **kwargs: Any) -> BackupRepository:
         """Build the repository on an Airflow aws connection (MinIO: ``endpoint_url`` in its extra)."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return cls(S3Hook(aws_conn_id=aws_conn_id).get_conn(), bucket, **kwargs)
+        return cls(S3Hook(aws_conn_id=aws_conn_id).get_conn(), bucket, conn_id=aws_conn_id, **kwargs)
 
     # -- layout ---------------------------------------------------------------------------------------
     @staticmethod
@@ -378,32 +434,33 @@ class BackupRepository:
             rest = rest.split("/", 2)[2]
         return f"{date}/{rest}"
 
-    @classmethod
-    def previous_manifest_key(cls, date: str, staging: str) -> str:
-        """Where a rerun keeps the date's previous manifest while it swaps its staged objects in."""
-        return f"{cls.staging_prefix(date, staging)}previous-{MANIFEST_NAME}"
-
-    def previous_manifest(self, date: str, staging: str) -> dict[str, Any] | None:
-        """The manifest ``date`` had before a rerun's commit started: the current one, or the copy kept aside."""
-        current = self.read_manifest(date)
-        if current is not None:
-            return current
-        key = self.previous_manifest_key(check_date(date), staging)
-        return json.loads(b"".join(self.iter_object(key))) if self.head(key) is not None else None
-
     @staticmethod
     def manifest_key(date: str) -> str:
         return f"{check_date(date)}/{MANIFEST_NAME}"
 
     # -- writing --------------------------------------------------------------------------------------
     def check_bucket(self) -> None:
+        """Raise :class:`RepositoryError` saying what is wrong when the bucket cannot be used: the server is not
+        reachable, the credentials are refused, or the bucket does not exist."""
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", "?")
+        via = f" (connection {self.conn_id})" if self.conn_id else ""
         try:
             self.client.head_bucket(Bucket=self.bucket)
+        except self.client.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") \
+                    or status == 403:
+                raise RepositoryError(
+                    f"{endpoint} refused access to bucket {self.bucket!r} (HTTP 403){via}: the access key or "
+                    "secret is wrong, or the key has no permission on that bucket") from exc
+            if code in ("404", "NoSuchBucket", "NotFound") or status == 404:
+                raise RepositoryError(f"bucket {self.bucket!r} does not exist at {endpoint}{via}: create it (or "
+                                      "fix `bucket` in the settings)") from exc
+            raise RepositoryError(f"bucket {self.bucket!r} at {endpoint}{via}: {exc}") from exc
         except Exception as exc:
-            endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", "?")
-            raise RepositoryError(
-                f"bucket {self.bucket!r} at {endpoint} is not reachable or does not exist: {exc}"
-            ) from exc
+            raise RepositoryError(f"{endpoint}{via} is not reachable ({type(exc).__name__}: {exc}): is MinIO/S3 up, "
+                                  "and is endpoint_url right?") from exc
 
     def open_artifact(
         self,
@@ -466,14 +523,15 @@ class BackupRepository:
         """The artifact's original bytes (decrypted with ``cipher`` if it is encrypted, decompressed), streamed."""
         if isinstance(artifact, dict):
             artifact = Artifact.from_dict(artifact)
-        chunks = self.iter_object(artifact.key, chunk_size, artifact.etag)
+        chunks = self.iter_object(artifact.location, chunk_size, artifact.etag)
         if artifact.encryption:
             if cipher is None:
                 raise RepositoryError(f"{artifact.key} is encrypted ({artifact.encryption}, key "
                                       f"{artifact.key_fingerprint}): a key is needed to read it")
             if cipher.key_fingerprint != artifact.key_fingerprint:
-                raise RepositoryError(f"{artifact.key} was encrypted with key {artifact.key_fingerprint}, "
-                                      f"not with the given key {cipher.key_fingerprint}")
+                raise RepositoryError(f"{artifact.key} was encrypted with the key of fingerprint "
+                                      f"{artifact.key_fingerprint}, but the configured backup key has fingerprint "
+                                      f"{cipher.key_fingerprint}: the wrong key")
             chunks = decrypted_chunks(chunks, cipher)
         return decoded_chunks(chunks, artifact.compression)
 
@@ -483,7 +541,7 @@ class BackupRepository:
         Size and SHA-256 of the stored bytes; for encrypted ones, that they decrypt (needs ``cipher``); and the
         SHA-256 of the original bytes where the manifest has it.
         """
-        key = artifact["key"]
+        key = artifact.get("stored_at") or artifact["key"]
         stored, original = hashlib.sha256(), hashlib.sha256()
         size = 0
 
@@ -499,6 +557,11 @@ class BackupRepository:
             if artifact.get("encryption"):
                 if cipher is None:
                     return [f"{key}: encrypted, and no key was given to check it"]
+                expected = artifact.get("key_fingerprint")
+                if expected and cipher.key_fingerprint != expected:
+                    return [f"{key}: encrypted with the key of fingerprint {expected}, but the configured backup key "
+                            f"has fingerprint {cipher.key_fingerprint}: the wrong key (set the key the backup was "
+                            "made with)"]
                 chunks = decrypted_chunks(chunks, cipher)
             for chunk in decoded_chunks(chunks, artifact.get("compression")):
                 original.update(chunk)
@@ -510,6 +573,38 @@ class BackupRepository:
         if artifact.get("raw_sha256") and original.hexdigest() != artifact["raw_sha256"]:
             return [f"{key}: its decoded content differs from the manifest"]
         return []
+
+    def abort_stale_uploads(self, before: datetime) -> list[str]:
+        """Abort the multipart uploads started before ``before``, which only a dead run can have left (its parts
+        stay stored, invisible, until aborted); return their keys. Call it holding the lock: then no other run
+        is uploading. Uploads are found in the bucket's listing and through the notes every upload leaves under
+        ``.ragvault/uploads/`` until it ends (MinIO lists an open upload only by its exact key after a restart).
+        """
+        found: dict[tuple[str, str], str | None] = {}
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < before:
+                    found[(upload["Key"], upload["UploadId"])] = None
+        for note in self.list_keys(UPLOADS_PREFIX):
+            if note["LastModified"] >= before:
+                continue
+            try:
+                noted = json.loads(b"".join(self.iter_object(note["Key"])))
+                found[(noted["key"], noted["upload_id"])] = note["Key"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s is not an upload note: removed", note["Key"])
+                self.client.delete_object(Bucket=self.bucket, Key=note["Key"])
+        aborted = []
+        for (key, upload_id), note_key in sorted(found.items()):
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                aborted.append(key)
+            except self.client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                    raise
+            self.client.delete_object(Bucket=self.bucket, Key=note_key or upload_marker_key(key, upload_id))
+        return aborted
 
     def head(self, key: str) -> dict[str, Any] | None:
         try:
@@ -523,71 +618,6 @@ class BackupRepository:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             yield from page.get("Contents", [])
-
-    # -- lock ---------------------------------------------------------------------------------------------
-    # One run at a time pauses ingestion and writes (backup) or reads and restores (restore): the lock is an
-    # object created only if absent (If-None-Match), taken over only if unchanged (If-Match) once stale.
-
-    def lock_holder(self) -> tuple[dict[str, Any], str] | None:
-        """The lock's content and ETag, or None when nobody holds it."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=LOCK_KEY)
-        except self.client.exceptions.NoSuchKey:
-            return None
-        return json.loads(response["Body"].read()), response["ETag"]
-
-    def acquire_lock(self, owner: str, *, stale_after: float, wait: float, poll: float = 5.0) -> None:
-        """Take the bucket's lock for ``owner`` (a run id), waiting up to ``wait`` seconds for another run.
-
-        A lock older than ``stale_after`` seconds (its run died without releasing it) is taken over. Taking
-        it again as its owner (a retry of the same run) succeeds at once.
-        """
-        deadline = time.monotonic() + wait
-        while True:
-            body = json.dumps({"owner": owner, "acquired_at": utcnow_iso(), "host": socket.gethostname()}).encode()
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=LOCK_KEY, Body=body, IfNoneMatch="*",
-                                       ContentType="application/json")
-                log.info("lock s3://%s/%s taken by %s", self.bucket, LOCK_KEY, owner)
-                return
-            except self.client.exceptions.ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    raise
-            held = self.lock_holder()
-            if held is None:
-                continue
-            holder, etag = held
-            if holder.get("owner") == owner:
-                log.info("lock s3://%s/%s already held by this run (%s)", self.bucket, LOCK_KEY, owner)
-                return
-            age = (datetime.now(UTC) - datetime.fromisoformat(holder["acquired_at"].replace("Z", "+00:00")))
-            if age.total_seconds() > stale_after:
-                try:
-                    self.client.put_object(Bucket=self.bucket, Key=LOCK_KEY, Body=body, IfMatch=etag,
-                                           ContentType="application/json")
-                    log.warning("lock s3://%s/%s of %s (taken %s, %.0f s ago) was stale: taken over by %s",
-                                self.bucket, LOCK_KEY, holder.get("owner"), holder["acquired_at"],
-                                age.total_seconds(), owner)
-                    return
-                except self.client.exceptions.ClientError:
-                    continue  # someone else changed it first: look again
-            if time.monotonic() >= deadline:
-                raise LockedError(
-                    f"s3://{self.bucket} is locked by run {holder.get('owner')} (host {holder.get('host')}, since "
-                    f"{holder['acquired_at']}); waited {wait:.0f} s. If that run is dead, delete "
-                    f"s3://{self.bucket}/{LOCK_KEY} or wait until the lock is stale ({stale_after:.0f} s)")
-            log.info("lock held by %s since %s: waiting", holder.get("owner"), holder["acquired_at"])
-            time.sleep(poll)
-
-    def release_lock(self, owner: str) -> bool:
-        """Release the lock if ``owner`` holds it; True if it was released."""
-        held = self.lock_holder()
-        if held is None or held[0].get("owner") != owner:
-            return False
-        self.client.delete_object(Bucket=self.bucket, Key=LOCK_KEY)
-        log.info("lock s3://%s/%s released by %s", self.bucket, LOCK_KEY, owner)
-        return True
 
     # -- manifest -------------------------------------------------------------------------------------
     def build_manifest(self, date: str, results: Iterable[ItemResult], run: dict[str, Any]) -> dict[str, Any]:
@@ -608,12 +638,13 @@ class BackupRepository:
                 "counts": result.counts,
                 "artifacts": [self.final_key(a.key) for a in result.artifacts],
                 **({"details": result.details} if result.details else {}),
+                **({"seconds": result.seconds} if result.seconds is not None else {}),
             }
             for artifact in result.artifacts:
                 entry = {**artifact.to_dict(), "key": self.final_key(artifact.key), "component": result.component,
                          "item": result.item}
                 if entry["key"] != artifact.key:
-                    entry["staged_key"] = artifact.key
+                    entry["stored_at"] = artifact.key  # written aside: moved into place by the commit
                 artifacts.append(entry)
         keys = [a["key"] for a in artifacts]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
@@ -629,60 +660,112 @@ class BackupRepository:
             "artifacts": artifacts,
         }
 
-    def commit_manifest(self, manifest: dict[str, Any]) -> str:
-        """Close a backup: put every artifact in place, record its ETag, write the manifest last, prune the rest.
+    def commit_manifest(self, manifest: dict[str, Any], fence: Callable[[], None] | None = None) -> str:
+        """Close a backup: check every object, write the manifest, move staged objects into place, prune the rest.
 
-        Artifacts written aside (``staged_key``: a rerun of a date that already held a complete backup) are
-        checked, then the old manifest is removed, each is copied into place server-side and checked again;
-        until that moment the previous backup of the date stayed whole and restorable, and a failure here
-        leaves the date without a manifest (incomplete, never half-restored) and the staged objects in place
-        for a retry. Every other artifact must already be in place with its recorded size. Objects under the
-        date that the new manifest does not name (an earlier run's, staging folders) are removed afterwards.
+        Every step leaves the date with one complete, restorable backup, the previous one or the new one; no
+        step removes a manifest:
+
+        1. every artifact is checked where it is (HEAD: present, with its recorded size) and its ETag recorded;
+           nothing is written when one is missing;
+        2. ``fence`` is called (the run proves it still holds the bucket's lock), then the manifest is written
+           in one PUT, which replaces the previous one atomically. Objects a rerun wrote aside are named
+           where they are (``stored_at``, under ``<date>/.staging/<token>/``): the new backup is complete and
+           restorable from that instant;
+        3. :meth:`finish_commit` copies each staged object to its final key, records the copy's ETag, writes
+           the manifest again without ``stored_at``, and removes what the manifest does not name.
+
+        A crash in step 3 leaves a manifest that still names staged objects, which stay until it no longer
+        does: readers read them there, and the next run of the date (``plan_backup``) or a retry of the commit
+        finishes the move (:meth:`repair`).
         """
         date = manifest["backup_date"]
         problems = []
         for artifact in manifest["artifacts"]:
-            source = artifact.get("staged_key") or artifact["key"]
-            head = self.head(source)
+            where = artifact.get("stored_at") or artifact["key"]
+            head = self.head(where)
             if head is None:
-                problems.append(f"{source}: missing")
+                problems.append(f"{where}: missing")
             elif head["ContentLength"] != artifact["size"]:
-                problems.append(f"{source}: {head['ContentLength']} bytes stored, {artifact['size']} expected")
-            elif artifact.get("etag") and not artifact.get("staged_key") and head["ETag"] != artifact["etag"]:
-                problems.append(f"{source}: changed since it was recorded (ETag {head['ETag']}, "
+                problems.append(f"{where}: {head['ContentLength']} bytes stored, {artifact['size']} expected")
+            elif artifact.get("etag") and head["ETag"] != artifact["etag"]:
+                problems.append(f"{where}: changed since it was recorded (ETag {head['ETag']}, "
                                 f"not {artifact['etag']})")
             else:
                 artifact["etag"] = head["ETag"]
         if problems:
             raise RepositoryError(f"backup {date} is not consistent, manifest not written: " + "; ".join(problems))
-        staged = [a for a in manifest["artifacts"] if a.get("staged_key")]
-        key = self.manifest_key(date)
+        if fence is not None:
+            fence()
+        key = self._write_manifest(manifest)
+        staged = sum(1 for a in manifest["artifacts"] if a.get("stored_at"))
         if staged:
-            # Kept aside until the new manifest is written, so a retry after a failure below still finds it.
-            aside = self.previous_manifest_key(date, staged[0]["staged_key"].split("/", 3)[2])
-            if self.head(key) is not None:
-                self.client.copy_object(Bucket=self.bucket, Key=aside, CopySource={"Bucket": self.bucket, "Key": key})
-            if self.discard_manifest(date):
-                log.info("backup %s: previous manifest removed, moving %d staged objects into place", date, len(staged))
-            for artifact in staged:
-                self._promote(artifact)
+            log.info("backup %s committed: %d of its objects are still staged, moving them into place", date, staged)
+        self.finish_commit(manifest)
+        return key
+
+    def finish_commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Move a committed manifest's staged objects into place, write it again, remove what it does not name.
+
+        Idempotent: run again after a crash at any point, it completes what is left. Returns what it did:
+        ``{"moved": n, "removed": n, "removed_bytes": n}``.
+        """
+        date = manifest["backup_date"]
+        staged = [a for a in manifest["artifacts"] if a.get("stored_at")]
+        for artifact in staged:
+            self._promote(artifact)
+        if staged:
+            self._write_manifest(manifest)
+            log.info("backup %s: %d staged objects moved into place", date, len(staged))
+        removed, removed_bytes = self._prune(manifest)
+        return {"moved": len(staged), "removed": removed, "removed_bytes": removed_bytes}
+
+    def repair(self, date: str) -> dict[str, Any] | None:
+        """Finish what a crash left of a commit of ``date``: staged objects its manifest still names are moved
+        into place, objects it does not name (staged copies, abandoned staging folders) removed. Call it
+        holding the lock. Returns what :meth:`finish_commit` did, or None when there was nothing to do."""
+        manifest = self.read_manifest(date)
+        if manifest is None:
+            return None
+        if any(a.get("stored_at") for a in manifest["artifacts"]):
+            log.warning("backup %s: its commit (run %s) was interrupted after the manifest was written; finishing "
+                        "it", date, manifest.get("run", {}).get("run_id"))
+        done = self.finish_commit(manifest)
+        return done if done["moved"] or done["removed"] else None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> str:
+        date = manifest["backup_date"]
+        key = self.manifest_key(date)
         state = manifest.get("state") or {}
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
-                               Metadata={"state-captured-at": state.get("captured_at") or ""})
+                               Metadata={"state-captured-at": state.get("captured_at") or "",
+                                         "backup-date": date, "format": MANIFEST_FORMAT})
         log.info("manifest s3://%s/%s written: %d artifacts", self.bucket, key, len(manifest["artifacts"]))
-        keep = {a["key"] for a in manifest["artifacts"]} | {key}
+        return key
+
+    def _prune(self, manifest: dict[str, Any]) -> tuple[int, int]:
+        """Remove the objects under the manifest's date that it does not name (an earlier run's, staged copies
+        already moved, abandoned staging folders); one line in the log says how many."""
+        date = manifest["backup_date"]
+        keep = {a.get("stored_at") or a["key"] for a in manifest["artifacts"]} | {self.manifest_key(date)}
+        removed = removed_bytes = 0
         for obj in self.list_keys(f"{date}/"):
             if obj["Key"] not in keep:
-                log.info("removing %s: not part of the backup of %s (an earlier run's, or staged)", obj["Key"], date)
+                log.debug("removing %s: not part of the backup of %s", obj["Key"], date)
                 self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
-        return key
+                removed += 1
+                removed_bytes += obj.get("Size", 0)
+        if removed:
+            log.info("backup %s: removed %d objects (%d bytes) that its manifest does not name (staged copies "
+                     "moved into place, an earlier run's objects)", date, removed, removed_bytes)
+        return removed, removed_bytes
 
     def _promote(self, artifact: dict[str, Any]) -> None:
         """Copy a staged object to its final key (server-side), check it, record its ETag."""
         from boto3.s3.transfer import TransferConfig
 
-        source = artifact.pop("staged_key")
+        source = artifact["stored_at"]
         # One CopyObject up to 4 GiB (metadata kept); S3's multipart copy beyond, part by part.
         config = TransferConfig(multipart_threshold=4 * 1024 * MiB, multipart_chunksize=512 * MiB)
         self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, artifact["key"], Config=config)
@@ -690,14 +773,17 @@ class BackupRepository:
         if head is None or head["ContentLength"] != artifact["size"]:
             raise RepositoryError(f"{source} -> {artifact['key']}: the copy is missing or has another size")
         artifact["etag"] = head["ETag"]
+        del artifact["stored_at"]
         if artifact["size"] >= PROGRESS_EVERY:
             log.info("moved %s into place (%d MiB)", artifact["key"], artifact["size"] // MiB)
 
     def read_manifest(self, date: str) -> dict[str, Any] | None:
+        """The manifest of ``date``, or None when the date has none; one that cannot be read as a manifest of
+        that date raises :class:`ManifestError` naming the object."""
         key = self.manifest_key(date)
         if self.head(key) is None:
             return None
-        return json.loads(b"".join(self.iter_object(key)))
+        return parse_manifest(b"".join(self.iter_object(key)), f"s3://{self.bucket}/{key}", date)
 
     def _manifest_heads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(date, HEAD of its manifest)`` for every date folder that holds a manifest."""
@@ -711,23 +797,29 @@ class BackupRepository:
                         yield date, head
 
     def complete_dates(self) -> list[str]:
-        """Dates that hold a manifest (complete backups), oldest first."""
-        return sorted(date for date, _ in self._manifest_heads())
+        """Dates that hold a readable manifest (complete backups), oldest first."""
+        return [entry["date"] for entry in self.catalog()]
 
     def catalog(self) -> list[dict[str, Any]]:
         """The complete backups, oldest date first: ``{"date", "state_captured_at"}`` each.
 
         ``state_captured_at`` is when the backup's state parts were captured (None for a backup that holds
         only interval data); it comes from the manifest's object metadata, or from the manifest itself for
-        manifests written without it.
+        manifests written without it. A manifest that is not one of this package's manifests for its date
+        (not JSON, another format, another date: copied by hand, say) is reported by its key and left out, so
+        that every other backup stays listed and restorable.
         """
         entries = []
         for date, head in self._manifest_heads():
             metadata = head.get("Metadata") or {}
-            if "state-captured-at" in metadata:
-                captured = metadata["state-captured-at"] or None
-            else:
-                captured = state_captured_at(self.read_manifest(date) or {})
+            try:
+                if metadata.get("backup-date") == date and metadata.get("format") == MANIFEST_FORMAT:
+                    captured = metadata.get("state-captured-at") or None
+                else:  # written before the metadata said it all, or not by this package: read it
+                    captured = state_captured_at(self.read_manifest(date) or {})
+            except ManifestError as exc:
+                log.warning("%s: left out of the catalog", exc)
+                continue
             entries.append({"date": date, "state_captured_at": captured})
         return sorted(entries, key=lambda e: e["date"])
 
@@ -740,11 +832,3 @@ class BackupRepository:
         if not candidates:
             return None
         return max(candidates, key=lambda e: (e["state_captured_at"], e["date"]))["date"]
-
-    def discard_manifest(self, date: str) -> bool:
-        """Remove a date's manifest (marks the date incomplete while it is rewritten). True if one existed."""
-        key = self.manifest_key(date)
-        existed = self.head(key) is not None
-        if existed:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        return existed

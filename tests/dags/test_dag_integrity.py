@@ -113,6 +113,16 @@ def test_restore_form(dagbag):
     for name in params:
         assert params.get_param(name).description, name
     assert params["backup_date"] == "latest" and params["components"] == list(REGISTRY)
-    assert params["dry_run"] is False and params["confirm"] == ""
+    assert params["dry_run"] is False and params["confirm"] is None
     schema = params.get_param("components").schema
     assert schema["items"]["enum"] == list(REGISTRY)
+    # the trigger form renders an array with "examples" as a multi-select, not a one-per-line textarea
+    assert schema["examples"] == list(REGISTRY)
+    # a field whose type does not allow null is required by the form: every field submits with its default
+    assert "null" in params.get_param("confirm").schema["type"]
+    params.validate()  # the defaults alone are a valid form
+
+
+def test_restore_dag_is_active_on_creation(dagbag):
+    """A DAG with no schedule that starts paused queues every triggered run until someone unpauses it."""
+    assert dagbag.dags["intelligence_restore"].is_paused_upon_creation is False

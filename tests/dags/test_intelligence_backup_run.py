@@ -170,12 +170,12 @@ def test_a_run_waits_for_the_lock_and_leaves_the_holder_alone(airflow, local_con
     holder = {"owner": "scheduled__other-run", "acquired_at": "2099-01-01T00:00:00Z", "host": "worker-2"}
     s3_client.put_object(Bucket=bucket, Key="ragvault.lock", Body=json.dumps(holder).encode())
     try:
-        config = local_config(lock={"wait_seconds": 2, "stale_after_seconds": 3600},
+        config = local_config(lock={"wait_seconds": 2, "lease_seconds": 3600},
                               ingestion={"flag": {"redis_key": FLAG_KEY}})
         proc = airflow.run("dags", "test", DAG_ID, backup_date, env={"RAGVAULT_CONFIG": str(config)})
         states = airflow.task_states(DAG_ID, airflow.run_id_for(DAG_ID, backup_date))
         assert states["pause_ingestion"] == "failed", states
-        assert "is locked by run scheduled__other-run (host worker-2" in proc.stdout + proc.stderr
+        assert "is held by run scheduled__other-run (host worker-2" in proc.stdout + proc.stderr
         # nothing was paused or written, and the other run's lock is untouched
         assert redis_client.get(FLAG_KEY) is None
         assert s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{backup_date}/").get("KeyCount") == 0

@@ -4,6 +4,7 @@ restore -> equal state, and every way a restore must refuse to write."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -215,3 +216,68 @@ def test_an_invalid_form_is_refused(airflow, backup):
         assert proc.returncode != 0
         rejected = conf.get("backup_date") or conf["components"][-1]
         assert rejected in proc.stdout + proc.stderr, (conf, proc.stdout[-2000:] + proc.stderr[-2000:])
+
+
+def tree_bytes(root) -> dict:
+    """Every file under ``root`` (links as their target), by relative path."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): (os.readlink(p) if p.is_symlink() else p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_one_unsafe_artifact_stops_the_restore_before_any_target_is_written(airflow, backup, stack, s3_client,
+                                                                           restore_bucket):
+    """A backup whose checksums are all right but whose ETL archive would write outside etl_scripts_dir (made
+    from a compromised host, say): the restore of redis + infra refuses in plan_restore, before Redis (restored
+    first in the seed's order) is flushed, and every target stays byte-identical."""
+    import io
+    import tarfile
+
+    from ragvault.config import load_settings
+    from ragvault.repository import BackupRepository
+
+    date, config, _ = backup
+    repo = BackupRepository(s3_client, restore_bucket)
+    manifest = repo.read_manifest(date)
+    bad_date = "2029-01-01"  # older than the module's backup, so `latest` stays that one
+    for artifact in manifest["artifacts"]:
+        target = bad_date + artifact["key"][len(date):]
+        s3_client.copy_object(Bucket=restore_bucket, Key=target,
+                              CopySource={"Bucket": restore_bucket, "Key": artifact["key"]})
+        artifact.update(key=target, etag=None)
+    for section in manifest["components"].values():
+        for item in section["items"].values():
+            item["artifacts"] = [bad_date + key[len(date):] for key in item["artifacts"]]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        body = b"#!/bin/sh\necho owned\n"
+        member = tarfile.TarInfo("../../escaped.sh")
+        member.size = len(body)
+        tar.addfile(member, io.BytesIO(body))
+    unsafe = repo.put_artifact(bad_date, "infra", "etl_scripts.tar", archive.getvalue(), compression="gzip")
+    [entry] = [a for a in manifest["artifacts"] if a["key"] == unsafe.key]
+    entry.update({k: v for k, v in unsafe.to_dict().items() if k != "content_type"})
+    manifest["backup_date"] = bad_date
+    repo.commit_manifest(manifest)
+
+    stack.seed()
+    infra = load_settings(config).component("infra")
+    scripts_dir = infra["etl_scripts_dir"]
+    before = {"stores": stack.state(), "scripts": tree_bytes(scripts_dir),
+              "compose": open(infra["compose_path"], "rb").read(), "env": open(infra["env_path"], "rb").read()}
+    proc, states = restore(airflow, config, backup_date=bad_date, components=["redis", "infra"], confirm=bad_date)
+    assert states["verify_backup"] == "success", states  # every checksum is right: only the content is unsafe
+    assert states["plan_restore"] == "failed", states
+    assert written(states) == [], states
+    output = proc.stdout + proc.stderr
+    assert "pre-flight checks" in output and "nothing was written to any target" in output, errors(proc)
+    assert "infra[all]" in output and "escaped.sh" in output, errors(proc)
+    stack.assert_same(before["stores"], stack.state())
+    assert tree_bytes(scripts_dir) == before["scripts"]
+    assert open(infra["compose_path"], "rb").read() == before["compose"]
+    assert open(infra["env_path"], "rb").read() == before["env"]
+    from pathlib import Path
+
+    assert not (Path(scripts_dir).parent.parent / "escaped.sh").exists()

@@ -67,13 +67,19 @@ class BackupContext:
         """``(start, end, source)``: the run's data interval ``[start, end)`` in UTC, which interval parts export.
 
         When the run has none (or an empty one, as a manual run has), the 24 hours before its logical date
-        (before now without one), and the log says so.
+        (before the time it was triggered for, ``run_after``, when it has no logical date; before now without
+        either), and the log says so.
         """
         start, end = parse_time(self.run.get("data_interval_start")), parse_time(self.run.get("data_interval_end"))
         if start is not None and end is not None and start < end:
             return start, end, "data_interval"
-        logical = parse_time(self.run.get("logical_date"))
-        anchor, anchor_name = (logical, "the logical date") if logical is not None else (datetime.now(UTC), "now")
+        logical, after = parse_time(self.run.get("logical_date")), parse_time(self.run.get("run_after"))
+        if logical is not None:
+            anchor, anchor_name = logical, "the logical date"
+        elif after is not None:  # a run triggered without a logical date
+            anchor, anchor_name = after, "the run's trigger time"
+        else:
+            anchor, anchor_name = datetime.now(UTC), "now"
         start, end = anchor - FALLBACK_WINDOW, anchor
         self.log.warning("%s: the run has no usable data interval (start %s, end %s): using the 24 hours before "
                          "%s instead, [%s, %s)", self.component, self.run.get("data_interval_start"),
@@ -201,6 +207,13 @@ class Component(ABC):
         data needs the user's confirmation.
         """
         raise NotImplementedError(f"component {self.name} cannot restore yet")
+
+    def preflight(self, ctx: RestoreContext, item: str) -> list[str]:
+        """The checks of ``item``'s restore that need the backup's content or the target's nature (an archive's
+        members are safe, the target runs a version that can take the data...), beyond the checksums that
+        ``verify_backup`` proved. ``plan_restore`` runs them for every selected component and item before the
+        first write to any target. Returns the problems found, each saying what and why; empty to go ahead."""
+        return []
 
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         """Bring ``item`` back from the backup onto the target; return counts of what was restored."""

@@ -406,6 +406,29 @@ class InfraComponent(Component):
         return {"holds_data": True, "what": f"{len(held)} of the {total} files exist and would be replaced "
                                             f"({shown})"}
 
+    def preflight(self, ctx: RestoreContext, item: str) -> list[str]:
+        """Every destination placed, and every member of the scripts archive proven safe to extract (no path
+        out of etl_scripts_dir, no device, no link out), with the space for it all."""
+        try:
+            plan = self.restore_plan(ctx, item)
+        except ComponentError as exc:
+            return [exc.cause]
+        entries: list[ArchiveEntry] = []
+        if plan.archive is not None:
+            with _downloaded(ctx, self.name, item, plan.archive) as spool:
+                try:
+                    with tarfile.open(fileobj=spool, mode="r:") as tar:
+                        entries = check_archive(tar.getmembers(), plan.scripts_dir)
+                except (FileProblem, tarfile.TarError) as exc:
+                    return [f"{ARCHIVE}: refused: {exc}"]
+        try:
+            check_free_space([(t.path, int(t.artifact.get("raw_size") or 0)) for t in plan.files]
+                             + [(e.path, e.member.size) for e in entries if e.kind in ("file", "hardlink")],
+                             "infra")
+        except FileProblem as exc:
+            return [str(exc)]
+        return []
+
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         plan = self.restore_plan(ctx, item)
         counts = {"files": 0, "bytes": 0, "scripts": 0, "links": 0, "extra_files": 0,

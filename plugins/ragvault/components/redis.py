@@ -113,6 +113,24 @@ class RedisComponent(Component):
         return {"holds_data": True, "what": f"{self.hook().describe()} holds {total} keys "
                 f"({', '.join(f'{db}: {n}' for db, n in keyspace.items())}); it would be flushed"}
 
+    def preflight(self, ctx: RestoreContext, item: str) -> list[str]:
+        """The backup is an RDB file, and the target runs a Redis at least as new as the source: an older one
+        refuses RESTORE payloads of a newer RDB version, key by key, after the flush."""
+        problems = []
+        head = b""
+        for chunk in ctx.read(ctx.artifact(item, "dump.rdb")):
+            head += chunk
+            if len(head) >= len(RDB_MAGIC) + 4:
+                break
+        if not head.startswith(RDB_MAGIC):
+            problems.append(f"dump.rdb is not an RDB file (it starts with {head[:9]!r})")
+        source = ctx.section.get("source_version")
+        target = self.hook().get_conn().info("server").get("redis_version")
+        if source and target and _version(target) < _version(source):
+            problems.append(f"the target runs Redis {target}, older than the source's {source}: it cannot load "
+                            "that RDB version")
+        return problems
+
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         from ragvault.rdb import iter_restore_entries
 
@@ -180,6 +198,11 @@ def _checked_rdb(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 RESTORE_BATCH = 500
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``"7.2.4"`` -> ``(7, 2, 4)``; what is not a number counts as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in str(text).split("."))
 
 
 def _keyspace(client) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pytest
 
 from ragvault.components import REGISTRY
 from ragvault.config import load_settings
-from ragvault.plan import KEPT, BackupPlan, kept_sections, make_plan, staging_token, state_summary
+from ragvault.plan import KEPT, BackupPlan, assemble_manifest, make_plan, staging_token
 from ragvault.repository import BackupRepository, ItemResult, RepositoryError, utcnow_iso
 
 
@@ -31,15 +31,7 @@ def commit(repo: BackupRepository, plan: BackupPlan, payloads: dict[str, bytes],
             artifact = repo.put_artifact(plan.date, name, "data.bin", payloads[name], staging=plan.staging)
             results.append(ItemResult(name, "all", captured_at or utcnow_iso(), None, {"bytes": len(payloads[name])},
                                       [artifact]))
-    manifest = repo.build_manifest(plan.date, results, {"run_id": f"run-{plan.date}"})
-    sections, kept = kept_sections(plan, repo.previous_manifest(plan.date, plan.staging) if plan.staging else None)
-    manifest["components"].update(sections)
-    manifest["artifacts"] += kept
-    for name, decision in plan.components.items():
-        section = manifest["components"].setdefault(name, {"captured_at": None, "counts": {}, "items": {}})
-        section.setdefault("mode", decision["mode"])
-        section.setdefault("reason", decision["reason"])
-    manifest["state"] = state_summary(plan, manifest)
+    manifest = assemble_manifest(repo, plan, results, {"run_id": f"run-{plan.date}"})
     repo.commit_manifest(manifest)
     return manifest
 
@@ -167,19 +159,137 @@ def test_a_failed_rerun_leaves_the_previous_backup_whole(own_repo, plan_settings
     assert read(own_repo, "2030-03-07/langsmith/data.bin") == b"runs v3"
 
 
-def test_a_commit_retried_after_the_old_manifest_was_removed_still_keeps_the_old_state(own_repo, plan_settings):
-    settings = plan_settings()
-    commit(own_repo, make_plan(own_repo, settings, "2030-03-07", "r1"), {"qdrant": b"state of the 7th"},
-           "2030-03-07T02:00:00Z")
-    commit(own_repo, make_plan(own_repo, settings, "2030-03-10", "r2"), {"qdrant": b"state of the 10th"})
-    plan = make_plan(own_repo, settings, "2030-03-07", "rerun")
-    # A first commit attempt kept the manifest aside, removed it, then died while copying.
-    aside = own_repo.previous_manifest_key("2030-03-07", plan.staging)
-    own_repo.client.copy_object(Bucket=own_repo.bucket, Key=aside,
-                                CopySource={"Bucket": own_repo.bucket, "Key": "2030-03-07/manifest.json"})
-    own_repo.discard_manifest("2030-03-07")
+# -- a commit cut short at every step ---------------------------------------------------------------------
 
-    manifest = commit(own_repo, plan, {"langsmith": b"runs"})
-    assert manifest["components"]["qdrant"]["mode"] == KEPT
-    assert read(own_repo, "2030-03-07/qdrant/data.bin") == b"state of the 7th"
-    assert own_repo.head(aside) is None
+
+class Killed(BaseException):
+    """The worker dies: a BaseException, so no ``except Exception`` on the way does any more work."""
+
+
+class DyingClient:
+    """The S3 client of a worker that is killed right before its ``fatal``-th write call (PUT, copy, DELETE,
+    multipart): that call and every later one never happen. Reads pass through."""
+
+    WRITES = ("put_object", "copy_object", "copy", "delete_object", "create_multipart_upload", "upload_part",
+              "upload_part_copy", "complete_multipart_upload", "abort_multipart_upload")
+
+    def __init__(self, client, fatal: int | None):
+        self._client, self.fatal, self.writes = client, fatal, []
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if name not in self.WRITES:
+            return attribute
+
+        def write(*args, **kwargs):
+            if self.fatal is not None and len(self.writes) + 1 >= self.fatal:
+                raise Killed(f"killed before write #{len(self.writes) + 1}: {name}")
+            self.writes.append(name)
+            return attribute(*args, **kwargs)
+
+        return write
+
+
+def readable(repo: BackupRepository, date: str) -> dict:
+    """The date's manifest, with every artifact it names read back whole and matching it."""
+    manifest = repo.read_manifest(date)
+    assert manifest is not None, f"{date} has no manifest"
+    for artifact in manifest["artifacts"]:
+        assert repo.verify_artifact(artifact) == [], artifact
+    return manifest
+
+
+def rerun_commit(repo: BackupRepository, settings, fatal: int | None) -> tuple[dict, DyingClient]:
+    """Rerun 2030-03-07 (qdrant kept, langsmith re-exported, a new item) and commit it on a client that dies
+    before write number ``fatal``."""
+    plan = make_plan(repo, settings, "2030-03-07", "rerun")
+    results = []
+    for name, path, body in (("langsmith", "data.bin", b"runs v2"), ("langsmith", "more.bin", b"more runs v2")):
+        artifact = repo.put_artifact(plan.date, name, path, body, staging=plan.staging)
+        results.append(ItemResult(name, path, utcnow_iso(), None, {"bytes": len(body)}, [artifact]))
+    manifest = assemble_manifest(repo, plan, results, {"run_id": "rerun"})
+    dying = DyingClient(repo.client, fatal)
+    BackupRepository(dying, repo.bucket).commit_manifest(manifest)
+    return manifest, dying
+
+
+def test_a_commit_killed_at_any_step_leaves_the_old_or_the_new_backup_whole(s3_client, new_bucket, plan_settings):
+    """Kill the commit of a rerun before each of its writes in turn: the date always has a manifest whose every
+    object reads back whole, the previous backup or the new one, and the next run (its plan) finishes the move."""
+    settings = plan_settings()
+    probe = BackupRepository(s3_client, new_bucket("ragvault-commit"))
+    commit(probe, make_plan(probe, settings, "2030-03-07", "r1"), {"qdrant": b"state", "langsmith": b"runs v1"},
+           "2030-03-07T02:00:00Z")
+    commit(probe, make_plan(probe, settings, "2030-03-10", "r2"), {"qdrant": b"newer"})
+    _, whole = rerun_commit(probe, settings, None)
+    steps = len(whole.writes)
+    assert steps >= 5, whole.writes  # manifest, 2 copies, manifest again, removals
+
+    for fatal in range(1, steps + 1):
+        repo = BackupRepository(s3_client, new_bucket("ragvault-commit"))
+        old = commit(repo, make_plan(repo, settings, "2030-03-07", "r1"),
+                     {"qdrant": b"state", "langsmith": b"runs v1"}, "2030-03-07T02:00:00Z")
+        commit(repo, make_plan(repo, settings, "2030-03-10", "r2"), {"qdrant": b"newer"})
+        with pytest.raises(Killed):
+            rerun_commit(repo, settings, fatal)
+        after_crash = readable(repo, "2030-03-07")
+        keys = sorted(a["key"] for a in after_crash["artifacts"])
+        if after_crash["run"]["run_id"] != "rerun":
+            assert after_crash == old, fatal
+        else:  # the new backup: the kept state and the rerun's two objects
+            assert keys == ["2030-03-07/langsmith/data.bin", "2030-03-07/langsmith/more.bin",
+                            "2030-03-07/qdrant/data.bin"], (fatal, keys)
+        assert "2030-03-07" in repo.complete_dates()
+
+        # the next run of the date finishes what the crash left, then plans as usual
+        repo.repair("2030-03-07")
+        final = readable(repo, "2030-03-07")
+        assert not any(a.get("stored_at") for a in final["artifacts"]), fatal
+        if final["run"]["run_id"] == "rerun":
+            listed = {o["Key"] for o in repo.list_keys("2030-03-07/")}
+            assert listed == set(keys) | {"2030-03-07/manifest.json"}, (fatal, listed)
+            assert read(repo, "2030-03-07/langsmith/data.bin") == b"runs v2"
+            assert read(repo, "2030-03-07/qdrant/data.bin") == b"state"
+
+
+def test_a_committed_manifest_naming_staged_objects_is_restorable_as_it_is(own_repo, plan_settings):
+    settings = plan_settings()
+    commit(own_repo, make_plan(own_repo, settings, "2030-03-07", "r1"), {"langsmith": b"runs v1"})
+    plan = make_plan(own_repo, settings, "2030-03-07", "rerun")
+    artifact = own_repo.put_artifact("2030-03-07", "langsmith", "data.bin", b"runs v2", staging=plan.staging)
+    manifest = assemble_manifest(own_repo, plan, [ItemResult("langsmith", "all", utcnow_iso(), None, {},
+                                                             [artifact])], {"run_id": "rerun"})
+    with pytest.raises(Killed):  # dies right after the manifest is written, before the first copy
+        BackupRepository(DyingClient(own_repo.client, 2), own_repo.bucket).commit_manifest(manifest)
+    stored = own_repo.read_manifest("2030-03-07")
+    [entry] = stored["artifacts"]
+    assert entry["key"] == "2030-03-07/langsmith/data.bin" and entry["stored_at"] == artifact.key
+    assert b"".join(own_repo.iter_artifact(entry)) == b"runs v2"
+    assert read(own_repo, "2030-03-07/langsmith/data.bin") == b"runs v1"  # not moved yet
+    done = own_repo.repair("2030-03-07")
+    assert done["moved"] == 1 and done["removed"] >= 1
+    assert own_repo.repair("2030-03-07") is None
+    assert read(own_repo, "2030-03-07/langsmith/data.bin") == b"runs v2"
+
+
+def test_a_manifest_that_is_not_one_is_reported_and_skipped(own_repo, plan_settings, caplog):
+    from ragvault.repository import ManifestError
+
+    settings = plan_settings()
+    commit(own_repo, make_plan(own_repo, settings, "2030-03-07", "r1"), {"qdrant": b"a"})
+    commit(own_repo, make_plan(own_repo, settings, "2030-03-08", "r2"), {"qdrant": b"b"})
+    client, bucket = own_repo.client, own_repo.bucket
+    client.put_object(Bucket=bucket, Key="2030-03-09/manifest.json", Body=b"{ not json")
+    client.copy_object(Bucket=bucket, Key="2030-03-10/manifest.json", MetadataDirective="REPLACE",
+                       CopySource={"Bucket": bucket, "Key": "2030-03-08/manifest.json"})
+    client.put_object(Bucket=bucket, Key="2030-03-11/manifest.json", Body=b'{"format": "velero/v1"}')
+    with caplog.at_level("WARNING", logger="ragvault.repository"):
+        assert own_repo.complete_dates() == ["2030-03-07", "2030-03-08"]
+    for key in ("2030-03-09/manifest.json", "2030-03-10/manifest.json", "2030-03-11/manifest.json"):
+        assert key in caplog.text, key
+    assert "copied from another date" in caplog.text and "is not JSON" in caplog.text
+    assert own_repo.latest_state() == "2030-03-08"
+    with pytest.raises(ManifestError, match=r"2030-03-09/manifest.json is not JSON"):
+        own_repo.read_manifest("2030-03-09")
+    # planning another date still works
+    assert make_plan(own_repo, settings, "2030-03-12", "r3").capture_state

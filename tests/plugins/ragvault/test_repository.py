@@ -99,7 +99,7 @@ def test_manifest_is_written_last_and_checked(s3_client, bucket, backup_date):
 
     # An artifact that vanished (or changed size) blocks the manifest.
     s3_client.delete_object(Bucket=bucket, Key=b.key)
-    assert repo.discard_manifest(backup_date)
+    s3_client.delete_object(Bucket=bucket, Key=repo.manifest_key(backup_date))
     with pytest.raises(RepositoryError, match=f"{b.key}: missing"):
         repo.commit_manifest(manifest)
     assert repo.read_manifest(backup_date) is None
@@ -137,8 +137,13 @@ def test_encrypted_artifact_round_trip_and_tamper_detection(s3_client, bucket, b
 
     with pytest.raises(RepositoryError, match="a key is needed"):
         b"".join(repo.iter_artifact(artifact))
-    with pytest.raises(RepositoryError, match="encrypted with key"):
-        b"".join(repo.iter_artifact(artifact, cipher=Cipher(os.urandom(32))))
+    other = Cipher(os.urandom(32))
+    with pytest.raises(RepositoryError, match=f"fingerprint {cipher.key_fingerprint}, but the configured backup "
+                                              f"key has fingerprint {other.key_fingerprint}: the wrong key"):
+        b"".join(repo.iter_artifact(artifact, cipher=other))
+    # verification names the wrong key too, instead of "does not decrypt"
+    [problem] = repo.verify_artifact(artifact.to_dict(), other)
+    assert f"fingerprint {artifact.key_fingerprint}" in problem and "the wrong key" in problem, problem
 
     # a flipped byte, a dropped tail: both refused
     for broken in (stored[:100] + bytes([stored[100] ^ 1]) + stored[101:], stored[:-1000]):
@@ -170,55 +175,3 @@ def test_keys_are_parsed_and_never_shown():
     with pytest.raises(EncryptionError, match="32-byte key"):
         parse_key("c2hvcnQ=")
     assert base64.b64encode(key).decode() not in repr(Cipher(key)) and key.hex() not in repr(Cipher(key))
-
-
-@pytest.fixture
-def lock_bucket(s3_client):
-    import uuid
-
-    name = f"ragvault-lock-{uuid.uuid4().hex[:8]}"
-    s3_client.create_bucket(Bucket=name)
-    yield BackupRepository(s3_client, name)
-    for obj in s3_client.list_objects_v2(Bucket=name).get("Contents", []):
-        s3_client.delete_object(Bucket=name, Key=obj["Key"])
-    s3_client.delete_bucket(Bucket=name)
-
-
-def test_lock_is_exclusive_reentrant_and_released_by_its_owner_only(lock_bucket):
-    from ragvault.repository import LockedError
-
-    repo = lock_bucket
-    repo.acquire_lock("run-a", stale_after=3600, wait=0)
-    repo.acquire_lock("run-a", stale_after=3600, wait=0)  # a retry of the same run
-    with pytest.raises(LockedError, match="locked by run run-a"):
-        repo.acquire_lock("run-b", stale_after=3600, wait=1, poll=0.2)
-    assert not repo.release_lock("run-b")
-    assert repo.lock_holder()[0]["owner"] == "run-a"
-    assert repo.release_lock("run-a")
-    assert repo.lock_holder() is None
-    repo.acquire_lock("run-b", stale_after=3600, wait=0)
-    assert repo.lock_holder()[0]["owner"] == "run-b"
-
-
-def test_a_stale_lock_is_taken_over_once(lock_bucket):
-    import threading
-
-    repo = lock_bucket
-    stale = json.dumps({"owner": "dead-run", "acquired_at": "2020-01-01T00:00:00Z", "host": "gone"}).encode()
-    repo.client.put_object(Bucket=repo.bucket, Key="ragvault.lock", Body=stale)
-    winners, errors = [], []
-
-    def take(owner):
-        try:
-            repo.acquire_lock(owner, stale_after=60, wait=0)
-            winners.append(owner)
-        except Exception as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=take, args=(f"run-{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(winners) == 1, (winners, errors)
-    assert repo.lock_holder()[0]["owner"] == winners[0]

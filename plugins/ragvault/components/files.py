@@ -29,6 +29,7 @@ Their failures raise :class:`FileProblem`, whose message names the file; the com
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -479,6 +480,23 @@ def _set_mode(path: Path, mode: int | None, status: os.stat_result) -> int | Non
     return mode
 
 
+def remove_leftovers(path: Path, label: str) -> int:
+    """Remove the temporary files that a restore killed while writing ``path`` left beside it
+    (``.<name>.ragvault-*.tmp``), saying so; return the bytes freed. A restore holds the bucket's lock, so no
+    other restore is writing them."""
+    freed = 0
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.ragvault-*.tmp"):
+        try:
+            size = leftover.lstat().st_size
+            leftover.unlink()
+        except FileNotFoundError:
+            continue
+        freed += size
+        log.warning("%s: removed %s (%d bytes), left by a restore that was killed while writing it", label,
+                    leftover, size)
+    return freed
+
+
 def write_atomic(path: Path, chunks: Iterable[bytes], *, date: str, mode: int | None = None,
                  expected_sha256: str | None = None, expected_size: int | None = None,
                  label: str | None = None) -> Written:
@@ -507,6 +525,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes], *, date: str, mode: int | 
                 and file_sha256(path) == expected_sha256):
             return Written(path, "unchanged", previous.st_size, mode_set=_set_mode(path, mode, previous))
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(path, label)
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.ragvault-", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise FileProblem(f"{label}: cannot write in {path.parent} ({exc.strerror or exc})") from None

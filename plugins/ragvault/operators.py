@@ -82,6 +82,18 @@ class _RagvaultOperator(BaseOperator):
             repo.check_bucket()
         return repo
 
+    def note_run(self, context, note: str) -> None:
+        """Put ``note`` on the DAG run (the grid view shows it), through the ``airflow_api`` connection when
+        there is one; a failure is only logged."""
+        from ragvault.hooks.airflow_api import AirflowApiHook
+
+        dag_run = context["dag_run"]
+        try:
+            AirflowApiHook(airflow_api_conn_id=self.settings().conn_id("airflow_api")).set_run_note(
+                dag_run.dag_id, dag_run.run_id, note)
+        except Exception as exc:  # the note is a convenience: the log and XCom say the same
+            self.log.info("the run's note was not set (%s: %s): %s", type(exc).__name__, str(exc)[:200], note)
+
     def lock(self, context, settings: Settings, repo: BackupRepository) -> BucketLock:
         """The bucket's lock as this run sees it (its owner is the run id)."""
         return BucketLock(repo.client, repo.bucket, context["dag_run"].run_id,
@@ -292,9 +304,10 @@ class CommitManifestOperator(_BackupOperator):
                     results += found
                 manifest = assemble_manifest(repo, plan, results, run)
                 repo.commit_manifest(manifest, fence=lock.renew)
-        return self.summarise(manifest, plan, repo)
+        return self.summarise(manifest, plan, repo, context)
 
-    def summarise(self, manifest: dict[str, Any], plan: BackupPlan, repo: BackupRepository) -> dict[str, Any]:
+    def summarise(self, manifest: dict[str, Any], plan: BackupPlan, repo: BackupRepository,
+                  context) -> dict[str, Any]:
         """The run's outcome at a glance, at the end of the log: per component its mode, items, size and the
         time its tasks took (summed over its items); a backup in which some component was not captured by this
         run says it is partial."""
@@ -303,11 +316,14 @@ class CommitManifestOperator(_BackupOperator):
         for artifact in manifest["artifacts"]:
             sizes[artifact["component"]] = sizes.get(artifact["component"], 0) + artifact["size"]
         lines = [f"{'component':10} {'mode':8} {'items':>5} {'size':>10} {'time':>7}  counts"]
-        for name, comp in manifest["components"].items():
+        order = [n for n in REGISTRY if n in manifest["components"]]
+        order += sorted(set(manifest["components"]) - set(order))
+        for name in order:
+            comp = manifest["components"][name]
             seconds = [i["seconds"] for i in comp.get("items", {}).values() if i.get("seconds") is not None]
             took = sum(seconds) if seconds and comp.get("mode") != "kept" else None
             lines.append(f"{name:10} {comp.get('mode', '?'):8} {len(comp.get('items', {})):>5} "
-                         f"{human_size(sizes.get(name, 0)):>10} {f'{took:.0f} s' if took is not None else '-':>7}  "
+                         f"{human_size(sizes.get(name, 0)):>10} {f'{took:.1f} s' if took is not None else '-':>7}  "
                          + (", ".join(f"{k}={v}" for k, v in comp.get("counts", {}).items()) or "empty"))
         not_captured = sorted(n for n, c in manifest["components"].items() if c.get("mode") != CAPTURE)
         total = sum(sizes.values())
@@ -319,6 +335,15 @@ class CommitManifestOperator(_BackupOperator):
                              ", ".join(f"{n}: {manifest['components'][n].get('mode')}" for n in not_captured))
         self.log.info("backup %s complete: %d artifacts, %s, s3://%s/%s", date, len(manifest["artifacts"]),
                       human_size(total), repo.bucket, repo.manifest_key(date))
+        counted = f"{len(manifest['artifacts'])} artifacts, {human_size(total)}"
+        if not_captured:
+            note = (f"ragvault: PARTIAL backup of {date}: {len(not_captured)} of {len(manifest['components'])} "
+                    f"components not captured by this run ("
+                    + ", ".join(f"{n} {manifest['components'][n].get('mode')}" for n in not_captured)
+                    + f"); {counted}")
+        else:
+            note = f"ragvault: complete backup of {date}: {len(manifest['components'])} components captured; {counted}"
+        self.note_run(context, note)
         return {"manifest": repo.manifest_key(date), "artifacts": len(manifest["artifacts"]), "bytes": total,
                 "partial": bool(not_captured), "not_captured": not_captured}
 

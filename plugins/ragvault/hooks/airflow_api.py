@@ -1,4 +1,4 @@
-"""Airflow REST API (v2) hook: pause and unpause DAGs, count their running task instances."""
+"""Airflow REST API (v2) hook: pause and unpause DAGs, count their running task instances, note a run."""
 
 from __future__ import annotations
 
@@ -78,3 +78,8 @@ class AirflowApiHook(ConnectionHook):
         page = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/~/taskInstances",
                             params=[("state", "running"), ("state", "queued"), ("limit", "1")])
         return int(page["total_entries"])
+
+    def set_run_note(self, dag_id: str, run_id: str, note: str) -> None:
+        """Set the note of a DAG run (shown in the grid view and on the run's page)."""
+        self.request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", params={"update_mask": "note"},
+                     json={"note": note})

@@ -320,3 +320,31 @@ def airflow(tmp_path_factory, ragvault_config: Path) -> Iterator[AirflowDeployme
     with running_airflow(home, ("intelligence_backup", "intelligence_restore"),
                          {"RAGVAULT_CONFIG": str(ragvault_config)}) as deployment:
         yield deployment
+
+
+# -- a real browser ------------------------------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("RAGVAULT_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser_page(airflow) -> Iterator[Any]:
+    """A page of Debian's chromium (headless, driven by Playwright), signed in to the deployment's UI."""
+    from playwright.sync_api import sync_playwright
+
+    base_url = airflow.api.base_url
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} does not exist: `make services` installs Debian's chromium", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(30_000)
+            page.goto(f"{base_url}/")
+            page.get_by_label("Username").fill(USERNAME)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+            yield page
+        finally:
+            browser.close()

@@ -8,12 +8,14 @@ the servers.
    today, and a Mongo log collection (``applogs.events``, BSON datetime ``ts``) over the same days. The
    settings list it in ``components.mongodb.interval_collections``.
 2. Unpause intelligence_backup. With ``catchup`` False the scheduler at once creates the run of the latest
-   cron tick (Airflow 3's CronTriggerTimetable): the backup of yesterday. Then a manual run backs up today.
+   cron tick (Airflow 3's CronTriggerTimetable): the backup of yesterday. Then a manual run, triggered as the
+   README says (`airflow dags trigger intelligence_backup`, no logical date), backs up today.
    Both are complete backups with every component captured.
 3. Backfill D1..D3 (``POST /backfills``), days older than both: each run backs up only the interval data of
    its data interval (LangSmith runs, the log collection's documents), the state-only components are
    skipped, and the manifest says why, naming the newer complete backup.
-4. Wipe the targets and restore ``latest``: it resolves to the manual run's backup (the newest captured
+4. Wipe the targets and restore ``latest`` (a REST trigger without a logical date, on the restore DAG that is
+   active from its creation): it resolves to the manual run's backup (the newest captured
    state), and the stores hold the seeded data again.
 5. The restore form refuses invalid dates and unknown components at the API: no run is created.
 
@@ -38,6 +40,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import shlex
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -91,8 +94,18 @@ def interval_of(run: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
 
 
 def ds(run: dict[str, Any]) -> str:
-    """The run's ``ds``: the day of its logical date in UTC, its folder in the bucket."""
-    return parse_time(run["logical_date"]).date().isoformat()
+    """The run's folder in the bucket: the day of its logical date in UTC (its ``ds``); for a run triggered
+    without a logical date, the day it was triggered for (its ``run_after``)."""
+    return parse_time(run["logical_date"] or run["run_after"]).date().isoformat()
+
+
+def window_of(run: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    """The interval a run exports interval data of: its data interval, or for a run without one (triggered
+    without a logical date) the 24 hours before the time it was triggered for."""
+    if run["data_interval_start"] and run["data_interval_end"]:
+        return interval_of(run)
+    after = parse_time(run["run_after"])
+    return after - dt.timedelta(days=1), after
 
 
 @dataclass(frozen=True)
@@ -319,10 +332,14 @@ def backups(airflow, seeded) -> Backups:
                              f"the scheduled run {BACKUP_DAG} gets once unpaused")
     assert len(scheduled) == 1, scheduled
     api.wait_run(BACKUP_DAG, scheduled[0]["dag_run_id"], BACKUP_TIMEOUT)
-    manual = api.trigger(BACKUP_DAG, {}, logical_date=dt.datetime.now(dt.UTC).isoformat()).json()
-    api.wait_run(BACKUP_DAG, manual["dag_run_id"], BACKUP_TIMEOUT)
+    # the README's manual backup, as written (no logical date)
+    command = "airflow dags trigger intelligence_backup"
+    run_id = f"manual__cli-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    proc = airflow.cli(*shlex.split(command)[1:], "--run-id", run_id)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    api.wait_run(BACKUP_DAG, run_id, BACKUP_TIMEOUT)
     return Backups(scheduled=api.dag_run(BACKUP_DAG, scheduled[0]["dag_run_id"]),
-                   manual=api.dag_run(BACKUP_DAG, manual["dag_run_id"]))
+                   manual=api.dag_run(BACKUP_DAG, run_id))
 
 
 @pytest.fixture(scope="module")
@@ -374,8 +391,11 @@ def test_step2_scheduled_and_manual_backups_capture_every_component(backups, s3_
     yesterday = timeline.days_ago(1)
     assert (ds(scheduled), interval_of(scheduled)) == (
         yesterday.isoformat(), (day_start(yesterday), day_start(timeline.today)))
-    logical = parse_time(manual["logical_date"])
-    assert (ds(manual), interval_of(manual)) == (timeline.today.isoformat(), (logical - dt.timedelta(days=1), logical))
+    # the CLI trigger has no logical date: its folder is the day it was triggered, its interval data that of the
+    # 24 hours before
+    assert manual["logical_date"] is None, manual
+    after = parse_time(manual["run_after"])
+    assert (ds(manual), window_of(manual)) == (timeline.today.isoformat(), (after - dt.timedelta(days=1), after))
 
     for run, run_type in ((scheduled, "scheduled"), (manual, "manual")):
         date = ds(run)
@@ -385,8 +405,12 @@ def test_step2_scheduled_and_manual_backups_capture_every_component(backups, s3_
         recorded = manifest["run"]
         assert (recorded["dag_id"], recorded["run_id"], recorded["run_type"]) == (
             BACKUP_DAG, run["dag_run_id"], run_type)
-        assert_same_time(recorded["data_interval_start"], run["data_interval_start"])
-        assert_same_time(recorded["data_interval_end"], run["data_interval_end"])
+        if run is manual:
+            assert recorded["logical_date"] is None and recorded["data_interval_start"] is None, recorded
+            assert_same_time(recorded["run_after"], run["run_after"])
+        else:
+            assert_same_time(recorded["data_interval_start"], run["data_interval_start"])
+            assert_same_time(recorded["data_interval_end"], run["data_interval_end"])
         assert_complete(s3_client, e2e_bucket, date, manifest)
 
         assert set(manifest["components"]) == set(ENABLED), date
@@ -394,6 +418,8 @@ def test_step2_scheduled_and_manual_backups_capture_every_component(backups, s3_
         assert modes == dict.fromkeys(ENABLED, "capture"), (date, modes)
         for name in STATE_ONLY:
             assert manifest["components"][name]["items"], f"{date}: {name}: nothing backed up"
+        # the outcome at a glance in the UI: the run's note
+        assert (run.get("note") or "").startswith(f"ragvault: complete backup of {date}: 5 components captured"), run
         state = manifest.get("state") or {}
         assert state.get("captured") is True, (date, state)
         assert state.get("captured_at") is not None, (date, state)
@@ -446,6 +472,9 @@ def test_step3_backfilled_day_holds_only_its_interval_data(index, backfill, back
         assert not [k for k in objects if k.startswith(f"{date}/{name}/")], name
     for name in INTERVAL_ONLY:
         assert components[name].get("mode") == "interval", (name, components[name])
+    # a partial backup is told apart from a full one in the UI
+    assert (run.get("note") or "").startswith(f"ragvault: PARTIAL backup of {date}: 5 of 5 components not "
+                                              "captured by this run"), run.get("note")
 
     # LangSmith: exactly the seeded runs that started in the run's interval
     expected_runs = seeded.runs_in(start, end)
@@ -476,9 +505,12 @@ def test_step4_restore_latest_brings_back_the_newest_captured_state(airflow, bac
     assert not clients["qdrant"].get_collections().collections
     assert LOG_DB not in clients["mongo"].list_database_names()
 
-    api.set_paused(RESTORE_DAG, False)
+    # the restore DAG is active from the start (no schedule: runs only when triggered), and takes a REST trigger
+    # without a logical date
+    assert api.get(f"/dags/{RESTORE_DAG}")["is_paused"] is False
     conf = {"backup_date": "latest", "components": list(ENABLED), "dry_run": False, "confirm": date}
-    run = api.trigger(RESTORE_DAG, conf, logical_date=dt.datetime.now(dt.UTC).isoformat()).json()
+    run = api.trigger(RESTORE_DAG, conf, logical_date=None).json()
+    assert run["logical_date"] is None, run
     api.wait_run(RESTORE_DAG, run["dag_run_id"], RESTORE_TIMEOUT)
 
     # "latest" is the newest captured state: the manual run's backup (not yesterday's, nor a backfilled day)
@@ -497,7 +529,7 @@ def test_step4_restore_latest_brings_back_the_newest_captured_state(airflow, bac
     assert {p.relative_to(infra_dir): p.read_bytes() for p in infra_dir.rglob("*") if p.is_file()} == infra_files
 
     # interval data: what the manual run's interval held
-    start, end = interval_of(backups.manual)
+    start, end = window_of(backups.manual)
     restored_logs = {d["_id"] for d in mongo[LOG_DB][LOG_COLLECTION].find({}, {"_id": 1})}
     assert restored_logs == seeded.logs_in(start, end), (len(restored_logs), len(seeded.logs_in(start, end)))
     restored_runs = langsmith_run_ids()
@@ -520,3 +552,51 @@ def test_step5_invalid_restore_conf_is_refused_by_the_api(airflow, conf, field):
     assert response.status_code == 400, f"HTTP {response.status_code}: {response.text}"
     assert field in response.json()["detail"], response.text
     assert [r["dag_run_id"] for r in api.dag_runs(RESTORE_DAG)] == before
+
+
+def test_step6_the_restore_form_submits_with_its_defaults_in_a_browser(airflow, backups, browser_page, tmp_path):
+    """The restore form, in a real browser: every field keeps its default (latest, all nine components, no
+    confirmation) but Dry run, switched on; the Trigger button submits it, and the run succeeds."""
+    api, page = airflow.api, browser_page
+    page.goto(f"{api.base_url}/dags/{RESTORE_DAG}")
+    page.get_by_role("button", name="Trigger").first.click()
+    form = page.get_by_role("dialog")
+    form.get_by_text("Run Parameters").wait_for()
+    # components is a multi-select holding the nine, not a one-per-line text area
+    for name in REGISTRY:
+        assert form.get_by_text(name, exact=True).count() >= 1, name
+    assert form.locator("textarea[name='element_components']").count() == 0
+    form.locator("label").filter(has=page.locator("[name='element_dry_run']")).click()
+    assert form.locator("[name='element_dry_run']").is_checked()
+    submit = form.get_by_role("button", name="Trigger")
+    assert submit.is_enabled(), "the form cannot be submitted with its defaults"
+    with page.expect_response(lambda r: r.url.endswith(f"/dags/{RESTORE_DAG}/dagRuns")
+                              and r.request.method == "POST") as response:
+        submit.click()
+    assert response.value.status == 200, response.value.text()
+    run = response.value.json()
+    page.screenshot(path=str(tmp_path / "restore-form-submitted.png"))
+    assert run["conf"] == {"backup_date": "latest", "components": list(REGISTRY), "dry_run": True,
+                           "confirm": None}, run["conf"]
+    finished = api.wait_run(RESTORE_DAG, run["dag_run_id"], RESTORE_TIMEOUT)
+    assert finished["state"] == "success"
+    states = api.task_states(RESTORE_DAG, run["dag_run_id"])
+    assert states["plan_restore"] == "success" and states["verify_backup"] == "success", states
+    # a dry run restores nothing
+    assert all(state == "skipped" for task, state in states.items() if ".restore" in task), states
+
+
+README_RESTORE = """airflow dags trigger intelligence_restore --conf '{"backup_date": "latest", "components": ["qdrant", "mongodb", "redis"], "dry_run": true}'"""  # noqa: E501
+
+
+def test_step7_the_readmes_restore_command_runs_as_written(airflow, backups):
+    api = airflow.api
+    run_id = f"manual__readme-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    proc = airflow.cli(*shlex.split(README_RESTORE)[1:], "--run-id", run_id)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    api.wait_run(RESTORE_DAG, run_id, RESTORE_TIMEOUT)
+    resolved = api.xcom(RESTORE_DAG, run_id, "resolve_backup")
+    assert resolved["date"] == ds(backups.manual) and resolved["dry_run"] is True, resolved
+    assert resolved["components"] == ["qdrant", "mongodb", "redis"], resolved
+    states = api.task_states(RESTORE_DAG, run_id)
+    assert all(state == "skipped" for task, state in states.items() if ".restore" in task), states

@@ -175,3 +175,29 @@ def test_keys_are_parsed_and_never_shown():
     with pytest.raises(EncryptionError, match="32-byte key"):
         parse_key("c2hvcnQ=")
     assert base64.b64encode(key).decode() not in repr(Cipher(key)) and key.hex() not in repr(Cipher(key))
+
+
+def test_check_bucket_names_the_real_cause(s3_client, bucket):
+    """Refused credentials, a missing bucket and an unreachable server each say so, with the connection."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = s3_client.meta.endpoint_url
+    wrong = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="ragvault", aws_secret_access_key="wrong",
+                         region_name="us-east-1")
+    with pytest.raises(RepositoryError, match=r"refused access to bucket .* \(HTTP 403\) \(connection minio_s3\): "
+                                              r"the access key or secret is wrong"):
+        BackupRepository(wrong, bucket, conn_id="minio_s3").check_bucket()
+    with pytest.raises(RepositoryError, match="bucket 'ragvault-no-such-bucket' does not exist"):
+        BackupRepository(s3_client, "ragvault-no-such-bucket").check_bucket()
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nobody = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="a",
+                          aws_secret_access_key="b", region_name="us-east-1",
+                          config=Config(connect_timeout=1, retries={"max_attempts": 1}))
+    with pytest.raises(RepositoryError, match=rf"http://127.0.0.1:{port} \(connection minio_s3\) is not reachable"):
+        BackupRepository(nobody, bucket, conn_id="minio_s3").check_bucket()
+    BackupRepository(s3_client, bucket).check_bucket()  # and the right one passes

@@ -287,6 +287,18 @@ class GptComponent(Component):
                 "what": f"{len(held)} of the {total} files and Variables exist and would be replaced "
                         f"({shown})"}
 
+    def preflight(self, ctx: RestoreContext, item: str) -> list[str]:
+        """Every destination placed, and room for the files and weights where they go."""
+        try:
+            plan = self.restore_plan(ctx, item)
+            check_free_space([(t.path, int(t.artifact.get("raw_size") or 0)) for t in plan.files + plan.weights],
+                             "gpt")
+        except ComponentError as exc:
+            return [exc.cause]
+        except FileProblem as exc:
+            return [str(exc)]
+        return []
+
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         plan = self.restore_plan(ctx, item)
         counts = {"files": 0, "bytes": 0, "variables": 0, "weight_files": 0, "weight_bytes": 0,

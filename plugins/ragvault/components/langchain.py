@@ -310,6 +310,18 @@ class LangChainComponent(Component):
         root, targets = self.restore_targets(ctx, item)
         return describe_targets(f"config_dir {root}", targets)
 
+    def preflight(self, ctx: RestoreContext, item: str) -> list[str]:
+        """Every destination placed under config_dir, and room for the files there."""
+        try:
+            root, targets = self.restore_targets(ctx, item)
+            check_free_space([(t.path, int(t.artifact.get("raw_size") or 0)) for t in targets],
+                             f"config_dir {root}")
+        except ComponentError as exc:
+            return [exc.cause]
+        except FileProblem as exc:
+            return [str(exc)]
+        return []
+
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         root, targets = self.restore_targets(ctx, item)
         try:

@@ -17,12 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
+BACKFILL = "airflow backfill create --dag-id intelligence_backup --from-date 2025-09-21T02:00:00 --to-date 2025-09-23T02:00:00 --max-active-runs 1 --reprocess-behavior none --dry-run"  # noqa: E501
 #: command -> the file that runs it as written (or, for what cannot run here, checks it)
 RUN_BY = {
     "make demo": "tests/test_readme.py",
     "make test": ".ci/run",
-    "airflow backfill create --dag-id intelligence_backup --from-date 2025-09-21T02:00:00 --to-date "
-    "2025-09-23T02:00:00 --max-active-runs 1 --reprocess-behavior none --dry-run": "tests/test_readme.py",
+    BACKFILL: "tests/test_readme.py",
     "airflow dags trigger intelligence_backup": "tests/e2e/test_scheduler.py",
     # Docker cannot run where this project is tested: the file's consistency is checked instead
     "docker compose build && docker compose up -d": "tests/test_docker_compose.py",
@@ -75,11 +75,9 @@ def test_backfill_dry_run_lists_the_folders(airflow):
     """The README's backfill dry run: the runs scheduled from the 21st to the 23rd are the folders 20..22.
     (In a deployment the dag-processor has parsed the DAG; this private Airflow serializes it first.)"""
     assert airflow.run("dags", "reserialize").returncode == 0
-    command = ("airflow backfill create --dag-id intelligence_backup --from-date 2025-09-21T02:00:00 --to-date "
-               "2025-09-23T02:00:00 --max-active-runs 1 --reprocess-behavior none --dry-run")
-    proc = airflow.run(*shlex.split(command)[1:])
+    proc = airflow.run(*shlex.split(BACKFILL)[1:])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    dates = re.findall(r"(\d{4}-\d{2}-\d{2}) 02:00:00\+00:00", proc.stdout)
+    dates = re.findall(r"^\| (\d{4}-\d{2}-\d{2}) 02:00:00\+00:00 +\|", proc.stdout, re.MULTILINE)
     assert dates == ["2025-09-20", "2025-09-21", "2025-09-22"], proc.stdout[-2000:]
 
 

@@ -71,15 +71,18 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LOG = logging.getLogger("ragvault.devstack.langsmith_emulator")
 
-#: API version reported by ``GET /info`` (the v1 REST surface emulated here).
-EMULATED_VERSION = "0.10.0"
+#: API version reported by ``GET /info``. Self-hosted LangSmith serves ``POST /api/v2/runs/query`` from 0.16
+#: on (the SDK's ``RunsResource.query_v2`` docstring, ``langsmith/resources/runs/runs.py``); started with an
+#: older ``--version``, the emulator has no v2 route, as such a server has not.
+EMULATED_VERSION = "0.16.2"
+V2_RUNS_MIN_VERSION = (0, 16)
 DB_FILENAME = "langsmith.sqlite3"
 DEFAULT_PROJECT = "default"
 MAX_PAGE_SIZE = 100
@@ -131,6 +134,30 @@ SELECTABLE_RUN_FIELDS = frozenset(
     }
 )
 ALWAYS_RETURNED_RUN_FIELDS = ("id", "name", "run_type", "start_time", "trace_id")
+
+#: ``POST /api/v2/runs/query``: the ``RunSelectField`` values (``langsmith/types/run_select_field.py``) that
+#: the emulator renders, and the v2 ``Run`` key each fills (``langsmith/types/run.py``). The other values of
+#: that enum are refused as not emulated rather than answered with made-up data.
+V2_SELECTS = {
+    "ID": "id", "NAME": "name", "RUN_TYPE": "run_type", "STATUS": "status", "START_TIME": "start_time",
+    "END_TIME": "end_time", "LATENCY_SECONDS": "latency_seconds", "FIRST_TOKEN_TIME": "first_token_time",
+    "ERROR": "error", "EXTRA": "extra", "METADATA": "metadata", "EVENTS": "events", "INPUTS": "inputs",
+    "OUTPUTS": "outputs", "PARENT_RUN_IDS": "parent_run_ids", "PROJECT_ID": "project_id", "TRACE_ID": "trace_id",
+    "DOTTED_ORDER": "dotted_order", "IS_ROOT": "is_root", "REFERENCE_EXAMPLE_ID": "reference_example_id",
+    "TOTAL_TOKENS": "total_tokens", "PROMPT_TOKENS": "prompt_tokens", "COMPLETION_TOKENS": "completion_tokens",
+    "TOTAL_COST": "total_cost", "PROMPT_COST": "prompt_cost", "COMPLETION_COST": "completion_cost",
+    "TAGS": "tags", "APP_PATH": "app_path", "FEEDBACK_STATS": "feedback_stats",
+}
+V2_SELECTS_NOT_EMULATED = frozenset({
+    "ERROR_PREVIEW", "INPUTS_PREVIEW", "OUTPUTS_PREVIEW", "MANIFEST", "THREAD_ID", "REFERENCE_DATASET_ID",
+    "PROMPT_TOKEN_DETAILS", "COMPLETION_TOKEN_DETAILS", "PROMPT_COST_DETAILS", "COMPLETION_COST_DETAILS",
+    "PRICE_MODEL_ID", "ATTACHMENTS", "THREAD_EVALUATION_TIME", "IS_IN_DATASET", "LAST_QUEUED_AT", "SHARE_URL",
+    "LS_USER_ID",
+})
+#: ``run_type`` values of the v2 query (``langsmith/types/run_type.py``): the v1 ones in upper case
+V2_RUN_TYPES = frozenset(t.upper() for t in RUN_TYPES)
+#: ``page_size``: 100 when omitted, 1 to 1000 when set (``RunsResource.query_v2``'s docstring)
+V2_DEFAULT_PAGE_SIZE, V2_MAX_PAGE_SIZE = 100, 1000
 
 _SEGMENT_RE = re.compile(
     r"^(?P<ts>\d{8}T\d{12}Z)"
@@ -1210,6 +1237,117 @@ class Store:
         next_cursor = _encode_cursor(page[-1]["start_time"], page[-1]["id"]) if has_more else None
         return {"runs": runs, "cursors": {"next": next_cursor, "prev": None}, "parsed_query": None}
 
+    def query_runs_v2(self, body: Any) -> dict:
+        """Serve ``POST /api/v2/runs/query`` (``RunQueryV2Params`` in ``langsmith/types/run_query_v2_params.py``,
+        documented on ``RunsResource.query_v2``): the runs of ``project_ids`` whose ``start_time`` is within
+        ``[min_start_time, max_start_time]`` (default: the last day up to now), narrowed by ``ids``,
+        ``trace_id``, ``is_root``, ``run_type``, ``has_error`` and the three filter expressions; ``items``
+        sorted by ``start_time`` descending (the SDK's ``StreamingQueryV2Response`` reference), ``page_size``
+        at a time (default 100, at most 1000), ``next_cursor`` null on the last page. Each run holds only the
+        ``selects`` asked (default ``ID`` alone), in the v2 ``Run`` shape: ``project_id``, ``parent_run_ids``
+        from the root down to the direct parent, upper-case ``run_type`` and ``status``.
+
+        Parameters outside the RunQueryV2Params (a v1 body) and values of the wrong kind are refused with 400.
+        """
+        _expect(body, dict, "body")
+        known = {"ai_search", "cursor", "filter", "has_error", "ids", "include_subtree_usage", "is_root",
+                 "max_feedback_modified_at", "max_start_time", "min_feedback_modified_at", "min_start_time",
+                 "page_size", "project_ids", "reference_dataset_id", "reference_examples", "run_type", "selects",
+                 "trace_filter", "trace_id", "tree_filter"}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise ApiError(400, f"unknown parameters {unknown}")
+        for key in ("ai_search", "reference_dataset_id", "reference_examples", "include_subtree_usage",
+                    "min_feedback_modified_at", "max_feedback_modified_at"):
+            if body.get(key) not in (None, False):
+                raise ApiError(400, f"{key} is not emulated")
+        projects = body.get("project_ids")
+        if not isinstance(projects, list) or not projects:
+            raise ApiError(400, "project_ids is required (a non-empty list of project UUIDs)")
+        project_ids = [parse_uuid(value, "project_ids") for value in projects]
+        now = _now()
+        low = parse_time(body["min_start_time"], "min_start_time") if body.get("min_start_time") else (
+            now - timedelta(days=1))
+        high = parse_time(body["max_start_time"], "max_start_time") if body.get("max_start_time") else now
+        page_size = body.get("page_size", V2_DEFAULT_PAGE_SIZE)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not (
+                1 <= page_size <= V2_MAX_PAGE_SIZE):
+            raise ApiError(400, f"page_size must be between 1 and {V2_MAX_PAGE_SIZE}")
+        selects = body.get("selects") or ["ID"]
+        _expect(selects, list, "selects")
+        bad = sorted(str(v) for v in selects if v not in V2_SELECTS and v not in V2_SELECTS_NOT_EMULATED)
+        if bad:
+            raise ApiError(400, f"selects: unknown fields {bad}")
+        missing = sorted(str(v) for v in selects if v in V2_SELECTS_NOT_EMULATED)
+        if missing:
+            raise ApiError(400, f"selects: {missing} are not emulated")
+        fields = {V2_SELECTS[v] for v in selects}
+
+        where = [f"session_id IN ({','.join('?' * len(project_ids))})", "start_time >= ?", "start_time <= ?"]
+        args: list[Any] = [*project_ids, format_time(low), format_time(high)]
+        if body.get("ids") is not None:
+            ids = [parse_uuid(v, "ids") for v in _expect(body["ids"], list, "ids")]
+            where.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
+            args.extend(ids)
+        if body.get("trace_id") is not None:
+            where.append("trace_id = ?")
+            args.append(parse_uuid(body["trace_id"], "trace_id"))
+        if body.get("is_root") is not None:
+            where.append("parent_run_id IS NULL" if _as_bool(body["is_root"], "is_root") else
+                         "parent_run_id IS NOT NULL")
+        if body.get("run_type") is not None:
+            if body["run_type"] not in V2_RUN_TYPES:
+                raise ApiError(400, f"run_type must be one of {sorted(V2_RUN_TYPES)}")
+            where.append("run_type = ?")
+            args.append(body["run_type"].lower())
+        if body.get("has_error") is not None:
+            where.append("has_error = ?")
+            args.append(1 if _as_bool(body["has_error"], "has_error") else 0)
+        if body.get("cursor") is not None:
+            start_key, id_key = _decode_cursor(body["cursor"])
+            where.append("(start_time, id) < (?, ?)")
+            args.extend([start_key, id_key])
+        predicates = [_make_predicate(key, parse_filter(_expect(body[key], str, key)), self)
+                      for key in ("filter", "trace_filter", "tree_filter") if body.get(key)]
+        sql = f"SELECT doc FROM runs WHERE {' AND '.join(where)} ORDER BY start_time DESC, id DESC"
+        with self._tx() as db:
+            ctx = _RenderContext()
+            page: list[dict] = []
+            has_more = False
+            for (raw,) in db.execute(sql, args).fetchall():
+                doc = json.loads(raw)
+                if not all(predicate(doc, ctx, db) for predicate in predicates):
+                    continue
+                if len(page) == page_size:
+                    has_more = True
+                    break
+                page.append(doc)
+            items = [self._render_run_v2(db, doc, fields, ctx) for doc in page]
+        next_cursor = _encode_cursor(page[-1]["start_time"], page[-1]["id"]) if has_more else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    def _render_run_v2(self, db: sqlite3.Connection, doc: dict, fields: set[str], ctx: _RenderContext) -> dict:
+        """A stored run in the v2 ``Run`` shape (``langsmith/types/run.py``), with only ``fields``."""
+        v1 = self._render_run(db, doc, None, ctx)
+        metadata = (v1.get("extra") or {}).get("metadata")
+        values = {
+            **{key: v1.get(key) for key in (
+                "id", "name", "start_time", "end_time", "first_token_time", "error", "extra", "events", "inputs",
+                "outputs", "trace_id", "dotted_order", "reference_example_id", "total_tokens", "prompt_tokens",
+                "completion_tokens", "total_cost", "prompt_cost", "completion_cost", "tags", "app_path",
+                "feedback_stats", "parent_run_ids")},
+            "run_type": v1["run_type"].upper(),
+            "status": v1["status"].upper(),
+            "latency_seconds": _latency(doc),
+            "metadata": metadata if isinstance(metadata, dict) else None,
+            "project_id": doc["session_id"],
+            "is_root": doc.get("parent_run_id") is None,
+        }
+        for key in ("start_time", "end_time", "first_token_time"):  # RFC 3339, in UTC (the v2 API's times)
+            if values[key] is not None:
+                values[key] = parse_time(values[key], key).isoformat().replace("+00:00", "Z")
+        return {key: value for key, value in values.items() if key in fields}
+
     def _trace_docs(self, db: sqlite3.Connection, trace_id: str, ctx: _RenderContext) -> list[dict]:
         if trace_id not in ctx.traces:
             rows = db.execute("SELECT doc FROM runs WHERE trace_id = ?", (trace_id,)).fetchall()
@@ -1596,6 +1734,7 @@ _ROUTES: list[Route] = [
     ("POST", re.compile(r"^/runs/batch/?$"), "batch_runs", True),
     ("POST", re.compile(r"^/runs/multipart/?$"), "multipart_runs", True),
     ("POST", re.compile(r"^/runs/query/?$"), "query_runs", True),
+    ("POST", re.compile(r"^/v2/runs/query/?$"), "query_runs_v2", True),
     ("GET", re.compile(rf"^/runs/{_UUID}/?$"), "get_run", True),
     ("PATCH", re.compile(rf"^/runs/{_UUID}/?$"), "update_run", True),
     ("GET", re.compile(rf"^/runs/{_UUID}/attachments/(?P<name>[^/]+)$"), "get_attachment", False),
@@ -1648,7 +1787,7 @@ class _Endpoints:
 
     def info(self, req: _Request) -> Response:
         return 200, {
-            "version": EMULATED_VERSION,
+            "version": self.server.version,
             "license_expiration_time": None,
             "batch_ingest_config": {
                 "use_multipart_endpoint": False,
@@ -1718,6 +1857,11 @@ class _Endpoints:
     def multipart_runs(self, req: _Request) -> Response:
         operations = multipart_operations(parse_multipart(req.body, req.content_type))
         return self._ingested(self.store.ingest(**operations))
+
+    def query_runs_v2(self, req: _Request) -> Response:
+        if not self.server.serves_v2_runs:
+            raise ApiError(404, "Not Found")  # the route of a server before 0.16
+        return 200, self.store.query_runs_v2(req.json())
 
     def query_runs(self, req: _Request) -> Response:
         return 200, self.store.query_runs(req.json())
@@ -1868,9 +2012,14 @@ class LangSmithEmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], data_dir: str, api_key: str | None = None) -> None:
+    def __init__(self, address: tuple[str, int], data_dir: str, api_key: str | None = None,
+                 version: str = EMULATED_VERSION) -> None:
         super().__init__(address, _Handler)
         self.api_key = api_key or None
+        self.version = version
+        numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+        #: whether ``POST /api/v2/runs/query`` exists (self-hosted LangSmith 0.16 and later)
+        self.serves_v2_runs = numbers >= V2_RUNS_MIN_VERSION
         try:
             self.store = Store(data_dir)
         except BaseException:
@@ -1887,9 +2036,11 @@ class LangSmithEmulatorServer(ThreadingHTTPServer):
         self.store.close()
 
 
-def make_server(host: str, port: int, data_dir: str, api_key: str | None = None) -> LangSmithEmulatorServer:
-    """Bind the emulator (``port=0`` picks a free port); call ``serve_forever()`` to run it."""
-    return LangSmithEmulatorServer((host, port), str(data_dir), api_key=api_key)
+def make_server(host: str, port: int, data_dir: str, api_key: str | None = None,
+                version: str = EMULATED_VERSION) -> LangSmithEmulatorServer:
+    """Bind the emulator (``port=0`` picks a free port); call ``serve_forever()`` to run it. ``version`` is the
+    LangSmith version it answers as (before 0.16: no v2 runs query)."""
+    return LangSmithEmulatorServer((host, port), str(data_dir), api_key=api_key, version=version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1899,12 +2050,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="directory holding the SQLite state")
     parser.add_argument("--api-key", default=None, help="require this value in the x-api-key header")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    parser.add_argument("--version", default=EMULATED_VERSION,
+                        help="the LangSmith version to answer as; before 0.16 there is no v2 runs query "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    server = make_server(args.host, args.port, args.data_dir, api_key=args.api_key)
+    server = make_server(args.host, args.port, args.data_dir, api_key=args.api_key, version=args.version)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:

@@ -42,7 +42,6 @@ import io
 import json
 import shlex
 import shutil
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,15 +226,15 @@ def redis_dbsize(redis_kwargs: dict[str, Any], db: int) -> int:
 
 
 def langsmith_run_ids() -> set[str]:
-    """The ids of every run the LangSmith workspace holds in the seeded projects."""
-    client = seed_langsmith.client_from_connection(seed_langsmith.read_connection()[0])
-    try:
-        with warnings.catch_warnings():  # the SDK announces list_runs' successor; the emulator serves list_runs
-            warnings.filterwarnings("ignore", message=r"list_runs\(\) is deprecated")
-            return {str(run.id) for name, _, _ in seed_langsmith.PROJECTS
-                    for run in client.list_runs(project_name=name)}
-    finally:
-        client.close(timeout=10)
+    """The ids of every run the LangSmith workspace holds in the seeded projects (the v2 runs query)."""
+    from ragvault.hooks.langsmith import LangSmithHook
+
+    with LangSmithHook() as hook:
+        client = hook.get_conn()
+        project_ids = [str(client.read_project(project_name=name).id) for name, _, _ in seed_langsmith.PROJECTS]
+        return {run.id for run in hook.openapi().runs.query_v2(
+            project_ids=project_ids, selects=["ID"], min_start_time=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+            max_start_time=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))}
 
 
 def assert_same_time(recorded: str | None, expected: str) -> None:

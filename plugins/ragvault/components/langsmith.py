@@ -11,13 +11,15 @@ The backup writes, under ``<date>/langsmith/``:
     the runs of those projects that *started* in the DAG run's data interval
     (``data_interval_start <= start_time < data_interval_end``), as **JSON Lines**: one JSON object a line,
     compressed with zstd. The name keeps the plan's ``runs.json``; the content is a stream so that a
-    busy workspace never has to fit in memory. Each line is one run as the SDK's ``Run`` model reads it
-    from ``POST /runs/query`` (paged with its cursor through ``Client.list_runs``, one project after the
-    other, oldest first) with the whole tree: ``id``, ``trace_id``, ``parent_run_id``, ``parent_run_ids``,
-    ``child_run_ids``, ``dotted_order``, ``session_id``, ``name``, ``run_type``, ``start_time``,
-    ``end_time``, ``status``, ``inputs``, ``outputs``, ``error``, ``tags``, ``extra`` (metadata, runtime),
-    ``events``, ``serialized``, tokens and costs; plus ``feedback``: the run's feedback records (key, score,
-    value, comment, correction, source...), fetched for a batch of runs at a time.
+    busy workspace never has to fit in memory. Each line is one run read through ``POST /api/v2/runs/query``
+    (the SDK's generated client, ``client.runs.query``; cursor pagination, explicit field selection, one
+    project after the other, newest first as the API sends them) with its place in the tree: ``id``,
+    ``trace_id``, ``parent_run_id``, ``parent_run_ids``, ``dotted_order``, ``session_id`` (the project),
+    ``name``, ``run_type``, ``start_time``, ``end_time``, ``status``, ``inputs``, ``outputs``, ``error``,
+    ``tags``, ``extra`` (metadata, runtime), ``events``, tokens and costs; plus ``feedback``: the run's
+    feedback records (key, score, value, comment, correction, source...), fetched for a batch of runs at a
+    time. A server without the v2 query (self-hosted LangSmith before 0.16) is read through the v1
+    ``POST /runs/query`` as plain HTTP; the manifest's ``runs_api`` says which one was used.
 
 The result counts ``projects``, ``runs``, ``traces`` (the root runs among them: traces that started in
 the interval) and ``feedback``; its details give the interval used and the runs of each project.
@@ -53,14 +55,12 @@ Restore (one item, ``all``) writes the backup into the target workspace (the ``l
 So restoring twice creates no duplicate. ``verify_restore`` checks that every project exists with its
 description and metadata, that each holds as many runs started in the backup's interval as the backup,
 that every backed-up feedback record is there, and compares a sample of ``verify_sample`` runs field by
-field with ``runs.json`` (``child_run_ids`` aside: a trace that crosses the interval keeps children in
-another day's backup).
+field with ``runs.json``.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -70,20 +70,28 @@ import requests
 
 from ragvault.components.base import INTERVAL, BackupContext, Component, ComponentError, RestoreContext, parse_time
 from ragvault.config import select
-from ragvault.hooks.langsmith import LangSmithHook
+from ragvault.hooks.langsmith import LangSmithHook, RunsQueryMissing
 from ragvault.repository import ItemResult, iter_lines, utcnow_iso
 
-#: the run fields asked of ``POST /runs/query``. ``s3_urls`` is left out on purpose: with it the SDK
-#: downloads every attachment of every run while listing.
-RUN_FIELDS = (
-    "id", "trace_id", "parent_run_id", "parent_run_ids", "child_run_ids", "dotted_order", "session_id",
-    "name", "run_type", "start_time", "end_time", "status", "inputs", "outputs", "error", "tags", "extra",
-    "events", "serialized", "reference_example_id", "feedback_stats", "app_path", "first_token_time",
-    "prompt_tokens", "completion_tokens", "total_tokens", "prompt_cost", "completion_cost", "total_cost",
-    "manifest_id", "in_dataset",
+#: the fields asked of ``POST /api/v2/runs/query`` (the SDK's own list for the same purpose, ``_V2_RUN_SELECTS``
+#: in ``langsmith/_internal/_v2_migration_utils.py``). ``ATTACHMENTS`` is left out on purpose: attachments are not
+#: backed up.
+V2_SELECTS = (
+    "ID", "NAME", "RUN_TYPE", "STATUS", "START_TIME", "END_TIME", "INPUTS", "OUTPUTS", "PARENT_RUN_IDS",
+    "PROJECT_ID", "TRACE_ID", "DOTTED_ORDER", "REFERENCE_EXAMPLE_ID", "ERROR", "TAGS", "EXTRA", "EVENTS",
+    "FEEDBACK_STATS", "FIRST_TOKEN_TIME", "APP_PATH", "PROMPT_TOKENS", "COMPLETION_TOKENS", "TOTAL_TOKENS",
+    "PROMPT_COST", "COMPLETION_COST", "TOTAL_COST",
 )
-#: fields of the SDK's ``Run`` that are client-side objects, not data
-RUN_EXCLUDE = {"attachments", "child_runs"}
+#: the same fields asked of the v1 ``POST /runs/query``, for servers without the v2 query (``s3_urls`` left out:
+#: with it every attachment is fetched)
+RUN_FIELDS = (
+    "id", "trace_id", "parent_run_id", "parent_run_ids", "dotted_order", "session_id", "name", "run_type",
+    "start_time", "end_time", "status", "inputs", "outputs", "error", "tags", "extra", "events",
+    "reference_example_id", "feedback_stats", "app_path", "first_token_time", "prompt_tokens", "completion_tokens",
+    "total_tokens", "prompt_cost", "completion_cost", "total_cost",
+)
+#: times in a run record, written as ISO 8601 in UTC whatever API they came from
+RUN_TIMES = ("start_time", "end_time", "first_token_time")
 #: the fields of a backed-up run sent back to create it (the service derives the others again)
 RUN_CREATE_FIELDS = (
     "id", "trace_id", "parent_run_id", "dotted_order", "name", "run_type", "start_time", "end_time",
@@ -148,7 +156,7 @@ class LangSmithComponent(Component):
             for project in projects:
                 before = counts["runs"]
                 batch: list[dict[str, Any]] = []
-                for run in self._runs(client, project["id"], start, end):
+                for run in self._runs(ctx.log, hook, [project["id"]], start, end):
                     batch.append(run)
                     if len(batch) == batch_size:
                         self._write(writer, client, batch, counts, ctx)
@@ -169,6 +177,8 @@ class LangSmithComponent(Component):
             details={
                 "interval": {"start": start.isoformat(), "end": end.isoformat(), "source": source},
                 "api_url": hook.api_url,
+                "runs_api": hook.runs_api,
+                **({"runs_api_reason": hook.runs_api_reason} if hook.runs_api_reason else {}),
                 "runs_per_project": per_project,
             },
         )
@@ -189,19 +199,33 @@ class LangSmithComponent(Component):
         return [found[name] for name in names]
 
     @staticmethod
-    def _runs(client, project_id: str, start: datetime, end: datetime,
-              fields: Iterable[str] = RUN_FIELDS) -> Iterator[dict[str, Any]]:
-        """The project's runs started in ``[start, end)``, oldest first, one page in memory at a time."""
+    def _runs(log, hook: LangSmithHook, project_ids: list[str], start: datetime, end: datetime,
+              ids: list[str] | None = None, selects: Iterable[str] = V2_SELECTS) -> Iterator[dict[str, Any]]:
+        """The runs of the projects that started in ``[start, end)`` (of ``ids`` only, when given), newest
+        first as the API sends them, one page in memory at a time, each as a run record (:func:`run_record`).
+
+        Through ``POST /api/v2/runs/query``; a server without it (self-hosted LangSmith before 0.16) is asked
+        through the v1 ``POST /runs/query`` instead, once it has said so, and the log and manifest say it.
+        """
+        if not project_ids:
+            return
+        # [start, end) whatever bound the server's max_start_time is: the filter keeps the end out
         window = f'and(gte(start_time, "{start.isoformat()}"), lt(start_time, "{end.isoformat()}"))'
-        with _sdk_deprecations_silenced():
-            runs = client.list_runs(project_id=project_id, start_time=start, filter=window,
-                                    select=list(fields), order="asc")
-        while True:
-            with _sdk_deprecations_silenced():  # the child_run_ids warning comes with the first page
-                run = next(runs, None)
-            if run is None:
+        if hook.runs_api == "v2":
+            try:
+                for run in hook.query_runs(project_ids=project_ids, start=start, end=end, selects=selects,
+                                           filter=window, ids=ids):
+                    yield run_record(run.model_dump(mode="json"), api="v2")
                 return
-            yield run.model_dump(mode="json", exclude=RUN_EXCLUDE)
+            except RunsQueryMissing as exc:
+                hook.runs_api, hook.runs_api_reason = "v1", str(exc)
+                log.warning("langsmith: %s; using the v1 POST /runs/query instead", exc)
+        body: dict[str, Any] = {"session": project_ids, "filter": window, "start_time": start.isoformat(),
+                                "select": list(RUN_FIELDS), "order": "desc", "limit": 100}
+        if ids is not None:
+            body["id"] = ids
+        for run in hook.query_runs_v1(body):
+            yield run_record(run, api="v1")
 
     @staticmethod
     def _write(writer, client, batch: list[dict[str, Any]], counts: dict[str, int],
@@ -232,7 +256,8 @@ class LangSmithComponent(Component):
             for project in projects:
                 found = _find_project(client, project["name"])
                 if found is not None:
-                    held[project["name"]] = _count(self._runs(client, found["id"], start, end, ("id",)))
+                    held[project["name"]] = _count(self._runs(ctx.log, hook, [found["id"]], start, end,
+                                                              selects=("ID",)))
         if not held:
             return {"holds_data": False,
                     "what": f"none of the {len(projects)} backed-up project(s) exists on the target"}
@@ -306,14 +331,14 @@ class LangSmithComponent(Component):
         client = hook.get_conn()
         batch.sort(key=lambda run: run["dotted_order"])
         ids = [run["id"] for run in batch]
-        with _sdk_deprecations_silenced():
-            present = {str(run.id) for run in client.list_runs(run_ids=ids, select=["id"])}
-        new = [run for run in batch if run["id"] not in present]
-        unknown = next((run for run in new if run.get("session_id") not in project_ids), None)
+        unknown = next((run for run in batch if run.get("session_id") not in project_ids), None)
         if unknown is not None:
             raise ComponentError(self.name, item,
                                  f"runs.json: run {unknown['id']} belongs to project "
                                  f"{unknown.get('session_id')}, which projects.json does not list")
+        present = {run["id"] for run in self._runs(ctx.log, hook, _targets(batch, project_ids), *_span(batch),
+                                                   ids=ids, selects=("ID",))}
+        new = [run for run in batch if run["id"] not in present]
         try:
             hook.ingest_runs([_run_payload(run, project_ids) for run in new])
         except Exception as exc:
@@ -362,7 +387,7 @@ class LangSmithComponent(Component):
                          (found.get("extra") or {}).get("metadata"))):
                     if want is not None and got != want:
                         problems.append(f"project {name}: its {key} differs from projects.json")
-                runs = _count(self._runs(client, found["id"], start, end, ("id",)))
+                runs = _count(self._runs(ctx.log, hook, [found["id"]], start, end, selects=("ID",)))
                 if runs != per_project.get(name, 0):
                     problems.append(f"project {name}: {runs} run(s) started between {start.isoformat()} and "
                                     f"{end.isoformat()}, {per_project.get(name, 0)} in the backup")
@@ -381,24 +406,25 @@ class LangSmithComponent(Component):
             if missing_feedback:
                 problems.append(f"{len(missing_feedback)} feedback record(s) of runs.json missing on the "
                                 f"target (first: {missing_feedback[0]})")
-            problems += self._compare_sample(client, sampled, project_ids)
+            problems += self._compare_sample(ctx.log, hook, sampled, project_ids)
         return problems
 
-    @staticmethod
-    def _compare_sample(client, sampled: list[dict[str, Any]], project_ids: dict[str, str]) -> list[str]:
+    @classmethod
+    def _compare_sample(cls, log, hook: LangSmithHook, sampled: list[dict[str, Any]],
+                        project_ids: dict[str, str]) -> list[str]:
         """The differences between these backed-up runs and the target's, field by field."""
         problems = []
-        for start in range(0, len(sampled), 100):
-            chunk = sampled[start:start + 100]
-            with _sdk_deprecations_silenced():
-                listed = client.list_runs(run_ids=[run["id"] for run in chunk], select=list(RUN_FIELDS))
-                found = {str(run.id): run.model_dump(mode="json", exclude=RUN_EXCLUDE) for run in listed}
+        for first in range(0, len(sampled), 100):
+            chunk = sampled[first:first + 100]
+            found = {run["id"]: run for run in cls._runs(log, hook, _targets(chunk, project_ids), *_span(chunk),
+                                                          ids=[run["id"] for run in chunk])}
             for run in chunk:
                 restored = found.get(run["id"])
                 if restored is None:
                     problems.append(f"run {run['id']} ({run['name']}) missing")
                     continue
-                expected = {**run, "session_id": project_ids.get(run["session_id"], run["session_id"])}
+                expected = run_record({**run, "session_id": project_ids.get(run["session_id"], run["session_id"])},
+                                      api="v1")
                 differ = [key for key in RUN_VERIFY_FIELDS if restored.get(key) != expected.get(key)]
                 if differ:
                     problems.append(f"run {run['id']} ({run['name']}): {', '.join(differ)} "
@@ -437,8 +463,9 @@ def _backup_runs(ctx: RestoreContext, item: str) -> Iterator[dict[str, Any]]:
 
 def _batches(runs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     """``size`` consecutive runs at a time, never cut between two runs that started at the same instant
-    (the file is oldest first: a child that started with its parent stays in its batch), up to ten times
-    ``size``."""
+    (the file is ordered by start time: a child that started with its parent stays in its batch), up to ten
+    times ``size``. Batch ingestion takes a child whose parent is not there yet (it carries its trace id and
+    dotted order), so the order between batches does not matter."""
     batch: list[dict[str, Any]] = []
     for run in runs:
         if len(batch) >= size and (run["start_time"] != batch[-1]["start_time"] or len(batch) >= 10 * size):
@@ -485,18 +512,53 @@ def _feedback_payload(record: dict[str, Any], run: dict[str, Any],
     return feedback.model_dump(mode="json", exclude_none=True)
 
 
-@contextmanager
-def _sdk_deprecations_silenced() -> Iterator[None]:
-    """Hide the SDK's notices that ``list_runs`` and ``child_run_ids`` have successors: in this SDK
-    release they still are the documented way to page through runs with their tree, and the task log
-    would otherwise repeat them for every project."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(is deprecated|child_run_ids)",
-                                category=DeprecationWarning)
-        yield
+def run_record(run: dict[str, Any], *, api: str) -> dict[str, Any]:
+    """A run as ``runs.json`` holds it, from either query's JSON: the v1 run's fields (``session_id``,
+    ``parent_run_id``, lower-case ``run_type`` and ``status``) with times in UTC ISO 8601.
+
+    A v2 run says ``project_id`` and lists its ancestors in ``parent_run_ids`` (root first), so its parent is
+    the last of them; its ``run_type`` and ``status`` are upper case (the mapping of the SDK's
+    ``_v2_run_to_schema`` in ``langsmith/_internal/_v2_migration_utils.py``).
+    """
+    record = {key: run.get(key) for key in RUN_FIELDS}
+    if api == "v2":
+        ancestors = run.get("parent_run_ids") or []
+        record.update(session_id=run.get("project_id"), parent_run_id=ancestors[-1] if ancestors else None)
+    for key in ("run_type", "status"):
+        if isinstance(record[key], str):
+            record[key] = record[key].lower()
+    record["parent_run_ids"] = list(record["parent_run_ids"] or [])
+    record["inputs"] = record["inputs"] or {}
+    for key in RUN_TIMES:
+        if record[key] is not None:
+            record[key] = _utc(record[key])
+    if record["events"]:
+        # the v2 Event model has name, time and kwargs; the v1 API gives the events as they were sent
+        record["events"] = [{**{k: v for k, v in event.items() if v is not None},
+                             **({"time": _utc(event["time"])} if event.get("time") else {})}
+                            if isinstance(event, dict) else event for event in record["events"]]
+    return record
+
+
+def _utc(value: Any) -> str:
+    return parse_time(value).isoformat().replace("+00:00", "Z")
+
+
+def _targets(runs: list[dict[str, Any]], project_ids: dict[str, str]) -> list[str]:
+    """The target's ids of the projects these backed-up runs belong to."""
+    return sorted({project_ids.get(run["session_id"], run["session_id"]) for run in runs})
+
+
+def _span(runs: list[dict[str, Any]]) -> tuple[datetime, datetime]:
+    """``[first start, last start]`` of these runs, as a half-open interval that holds them all."""
+    from datetime import timedelta
+
+    times = [parse_time(run["start_time"]) for run in runs]
+    return min(times), max(times) + timedelta(microseconds=1)
 
 
 def _is_api_error(exc: BaseException) -> bool:
+    import langsmith
     from langsmith import utils as ls_utils
 
-    return isinstance(exc, (ls_utils.LangSmithError, requests.RequestException))
+    return isinstance(exc, (ls_utils.LangSmithError, langsmith.APIError, requests.RequestException))

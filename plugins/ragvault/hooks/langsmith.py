@@ -1,11 +1,12 @@
-"""LangSmith hook: a ``langsmith.Client`` for projects, runs and feedback, with bounded retries."""
+"""LangSmith hook: a ``langsmith.Client`` for projects, runs and feedback, the SDK's generated client for the
+runs query of the v2 API, both with bounded retries."""
 
 from __future__ import annotations
 
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -63,7 +64,12 @@ class LangSmithHook(ConnectionHook):
         self.backoff_factor = backoff_factor
         self.max_backoff = max_backoff
         self._client = None
+        self._openapi = None
         self._ingest_errors: list[Exception] = []
+        #: which runs query the server answers: ``v2`` (``POST /api/v2/runs/query``) until it says it has none
+        self.runs_api = "v2"
+        #: why the v1 query is used, when it is
+        self.runs_api_reason: str | None = None
 
     @cached_property
     def api_url(self) -> str:
@@ -120,6 +126,75 @@ class LangSmithHook(ConnectionHook):
             )
         return self._client
 
+    @cached_property
+    def openapi_url(self) -> str:
+        """The API's root, without ``/api/v1``: where the generated client's ``/api/v2/...`` paths start."""
+        url = self.api_url.rstrip("/")
+        for suffix in ("/api/v1", "/api"):
+            if url.endswith(suffix):
+                return url[: -len(suffix)]
+        return url
+
+    def openapi(self):
+        """The SDK's generated client (``langsmith.Langsmith``) for the v2 API, with the same key, workspace,
+        timeouts and retry count (it retries connection errors, 408, 409, 429 and 5xx, honouring
+        ``Retry-After``)."""
+        if self._openapi is None:
+            from langsmith import Langsmith, Timeout  # the SDK's own HTTP stack and its Timeout
+
+            # one INFO line per request of a long paged read would bury the task's log: warnings only
+            logging.getLogger("httpx2").setLevel(max(logging.getLogger("httpx2").getEffectiveLevel(), logging.WARNING))
+
+            self._openapi = Langsmith(
+                api_key=self.api_key or "", tenant_id=self.workspace_id, base_url=self.openapi_url,
+                timeout=Timeout(self.timeout, connect=self.connect_timeout), max_retries=self.max_retries)
+        return self._openapi
+
+    def query_runs(self, *, project_ids: Sequence[str], start, end, selects: Sequence[str],
+                   filter: str | None = None, ids: Sequence[str] | None = None,
+                   page_size: int = 100) -> Iterator[Any]:
+        """The runs of ``project_ids`` that started in ``[min_start_time, max_start_time]`` through ``POST
+        /api/v2/runs/query`` (newest first, one page in memory at a time): the SDK's v2 ``Run`` models.
+
+        Raises :class:`RunsQueryMissing` when the server has no such endpoint (self-hosted LangSmith before
+        0.16), so that the caller can fall back on the v1 query.
+        """
+        import langsmith
+
+        kwargs: dict[str, Any] = {"project_ids": list(project_ids), "min_start_time": start,
+                                  "max_start_time": end, "selects": list(selects), "page_size": page_size}
+        if filter:
+            kwargs["filter"] = filter
+        if ids is not None:
+            kwargs["ids"] = list(ids)
+        try:
+            pages = self.openapi().runs.query_v2(**kwargs)
+            yield from pages
+        except (langsmith.NotFoundError, langsmith.APIStatusError) as exc:
+            status = getattr(exc, "status_code", None)
+            if status in (404, 405, 501) and _route_missing(exc):
+                raise RunsQueryMissing(f"POST {self.openapi_url}/api/v2/runs/query answered HTTP {status}: "
+                                       "the server has no v2 runs query (self-hosted LangSmith before 0.16)") from exc
+            raise
+
+    def query_runs_v1(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The runs ``POST /runs/query`` (API v1) answers for ``body``, every page (its ``cursors.next``), one
+        page in memory at a time, as the JSON the server sends. For servers without the v2 query only: the
+        SDK's methods over this endpoint are deprecated, so it is called as plain HTTP."""
+        import json
+
+        client = self.get_conn()
+        cursor = None
+        while True:
+            page = client.request_with_retries(
+                "POST", "/runs/query",
+                request_kwargs={"data": json.dumps({**body, **({"cursor": cursor} if cursor else {})}).encode(),
+                                "headers": {"Content-Type": "application/json"}}).json()
+            yield from page.get("runs") or []
+            cursor = (page.get("cursors") or {}).get("next")
+            if not cursor:
+                return
+
     def ingest_runs(self, runs: Sequence[dict[str, Any]]) -> None:
         """Create runs through the SDK's batch ingestion (``POST /runs/batch``, split at the server's size
         limit), and raise the first error.
@@ -147,10 +222,13 @@ class LangSmithHook(ConnectionHook):
             raise error
 
     def close(self) -> None:
-        """Close the client's HTTP session and unregister its exit handler."""
+        """Close the clients' HTTP sessions and unregister the exit handler."""
         if self._client is not None:
             self._client.close(timeout=0)
             self._client = None
+        if self._openapi is not None:
+            self._openapi.close()
+            self._openapi = None
 
     def __enter__(self) -> LangSmithHook:
         return self
@@ -171,10 +249,12 @@ class LangSmithHook(ConnectionHook):
         The SDK's connection errors append a partly masked API key: the underlying ``requests`` error is
         reported instead, and any trace of the key is removed from what remains.
         """
+        import langsmith
         from langsmith import utils as ls_utils
 
         cause = exc
-        if isinstance(exc, ls_utils.LangSmithConnectionError) and exc.__cause__ is not None:
+        if isinstance(exc, ls_utils.LangSmithConnectionError | langsmith.APIConnectionError) \
+                and exc.__cause__ is not None:
             cause = exc.__cause__
         lines = [line for line in str(cause).splitlines()
                  if line.strip() and not line.lstrip().lower().startswith(("api key:", "content-length:"))]
@@ -185,6 +265,17 @@ class LangSmithHook(ConnectionHook):
             # the SDK's masked form: the first 5 and last 2 characters around asterisks
             text = re.sub(re.escape(key[:5]) + r"\*+" + re.escape(key[-2:]), "***", text)
         return f"{type(cause).__name__}: {text[:1000]}"
+
+
+class RunsQueryMissing(RuntimeError):
+    """The server has no ``POST /api/v2/runs/query``."""
+
+
+def _route_missing(exc: BaseException) -> bool:
+    """Whether an HTTP 404/405/501 says the route does not exist (not that a project or run is unknown)."""
+    body = getattr(exc, "body", None)
+    detail = body.get("detail") if isinstance(body, dict) else body
+    return not detail or str(detail).strip().lower() in ("not found", "method not allowed", "not implemented")
 
 
 def _drop_batch_failures(record: logging.LogRecord) -> bool:

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -29,17 +30,40 @@ from ragvault.components.langsmith import LangSmithComponent
 from ragvault.config import load_settings
 from ragvault.hooks.langsmith import DEFAULT_API_URL, LangSmithHook
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    # read_run()/list_runs() still work in this SDK release but announce their successors.
-    pytest.mark.filterwarnings("ignore:.*is deprecated and will be removed:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The child_run_ids field is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.timeout(120)
 
-TRACES_PER_DAY = 20  # ~130 runs a day in rag-chatbot: more than one page of list_runs
-TREE_FIELDS = ("id", "trace_id", "parent_run_id", "parent_run_ids", "child_run_ids", "dotted_order",
-               "session_id", "name", "run_type", "start_time", "end_time", "status", "inputs", "outputs",
-               "error", "tags", "extra", "events")
+TRACES_PER_DAY = 20  # ~130 runs a day in rag-chatbot: more than one page of the runs query
+#: what a server holds of a run, as the v2 query gives it (the oracle the backups and restores are checked with)
+V2_FIELDS = ("id", "trace_id", "parent_run_ids", "dotted_order", "project_id", "name", "run_type", "start_time",
+             "end_time", "status", "inputs", "outputs", "error", "tags", "extra", "events")
+V2_SELECTS = [field.upper() for field in V2_FIELDS]
+EVER = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+
+
+def server_runs(hook, project_ids, ids=None, window=EVER) -> dict[str, dict]:
+    """The runs a server holds in these projects (of ``ids`` only, when given), read straight through the
+    SDK's generated client (``POST /api/v2/runs/query``), as the v2 ``Run`` JSON."""
+    query = {"project_ids": list(project_ids), "min_start_time": window[0], "max_start_time": window[1],
+             "selects": V2_SELECTS, **({"ids": list(ids)} if ids is not None else {})}
+    return {run.id: run.model_dump(mode="json", include=set(V2_FIELDS))
+            for run in hook.openapi().runs.query_v2(**query)}
+
+
+def as_backed_up(run: dict) -> dict:
+    """A v2 run in the shape of a runs.json record (what the server answers, mapped by hand)."""
+    ancestors = run["parent_run_ids"] or []
+    return {"id": run["id"], "trace_id": run["trace_id"], "parent_run_id": ancestors[-1] if ancestors else None,
+            "parent_run_ids": ancestors, "dotted_order": run["dotted_order"], "session_id": run["project_id"],
+            "name": run["name"], "run_type": run["run_type"].lower(), "status": run["status"].lower(),
+            "start_time": moment(run["start_time"]), "end_time": moment(run["end_time"]), "inputs": run["inputs"],
+            "outputs": run["outputs"], "error": run["error"], "tags": run["tags"], "extra": run["extra"],
+            # the v2 Event model's unset fields (kwargs) left out, as runs.json has them
+            "events": [{k: v for k, v in event.items() if v is not None} for event in run["events"]]
+            if run["events"] else run["events"]}
+
+
+def moment(value):
+    return None if value is None else dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,9 +190,11 @@ def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config
     assert expected_runs(seeded, [f"{prefix}ingestion-agent"]) and not {r["id"] for r in other} & set(ids)
 
     # The tree and content fields are what the server returns for each run, and what was seeded.
+    on_server = server_runs(ls_hook, [p["id"] for p in projects], ids=ids)
     for run in runs:
-        stored = client.read_run(run["id"]).model_dump(mode="json")
-        assert {f: run[f] for f in TREE_FIELDS} == {f: stored[f] for f in TREE_FIELDS}
+        stored = as_backed_up(on_server[run["id"]])
+        assert {**{f: run[f] for f in stored}, "start_time": moment(run["start_time"]),
+                "end_time": moment(run["end_time"])} == stored
         sent = expected[run["id"]]
         assert (run["inputs"], run["error"], run["tags"]) == (sent["inputs"], sent.get("error"), sent["tags"])
         sent_metadata = (sent.get("extra") or {}).get("metadata", {})
@@ -197,13 +223,13 @@ def test_backup_of_selected_projects_holds_exactly_the_interval_runs(make_config
             listed = [f.model_dump(mode="json") for f in client.list_feedback(run_ids=[run["id"]])]
             assert sorted(run["feedback"], key=lambda f: f["id"]) == sorted(listed, key=lambda f: f["id"])
 
-    # Runs are grouped by project (in projects.json's order), oldest first within each.
+    # Runs are grouped by project (in projects.json's order), newest first within each (as the API sends them).
     sessions = [run["session_id"] for run in runs]
     assert sorted(set(sessions), key=sessions.index) == [p["id"] for p in projects]
     for project in projects:
-        starts = [dt.datetime.fromisoformat(run["start_time"]) for run in runs
-                  if run["session_id"] == project["id"]]
-        assert starts == sorted(starts)
+        starts = [moment(run["start_time"]) for run in runs if run["session_id"] == project["id"]]
+        assert starts == sorted(starts, reverse=True)
+    assert result.details["runs_api"] == "v2" and "runs_api_reason" not in result.details
 
     assert result.counts["projects"] == 2
     assert result.counts["traces"] == sum(run.get("parent_run_id") is None for run in expected.values())
@@ -316,10 +342,15 @@ def test_runs_are_paged_through_the_cursor(make_config, context, repo, seeded, l
         settings = settings_for(make_config, "langsmith_paging", projects=[project])
         result = LangSmithComponent(settings).backup(interval_context(context, seeded), None)
     _, runs = read_back(repo, result)
-    oldest_first = sorted(expected, key=lambda i: (dt.datetime.fromisoformat(expected[i]["start_time"]), i))
-    assert [run["id"] for run in runs] == oldest_first
-    queries = [json.loads(body) for method, path, _, body in proxy.log if path == "/runs/query"]
+    newest_first = sorted(expected, key=lambda i: (dt.datetime.fromisoformat(expected[i]["start_time"]), i),
+                          reverse=True)
+    assert [run["id"] for run in runs] == newest_first
+    queries = [json.loads(body) for method, path, _, body in proxy.log if path == "/api/v2/runs/query"]
     assert len(queries) >= 2 and "cursor" not in queries[0] and all("cursor" in q for q in queries[1:])
+    # explicit field selection; the window, bounded on both sides
+    assert set(queries[0]["selects"]) >= {"ID", "PARENT_RUN_IDS", "PROJECT_ID", "DOTTED_ORDER", "INPUTS"}
+    assert queries[0]["min_start_time"].startswith(seeded["start"].isoformat()[:19])
+    assert queries[0]["max_start_time"].startswith(seeded["end"].isoformat()[:19])
     # feedback is fetched for a batch of runs per request, not run by run
     assert proxy.count("GET", "/feedback") <= len(expected) // 100 + 2
 
@@ -384,7 +415,7 @@ def test_rate_limited_and_unavailable_answers_are_retried(make_config, context, 
     def reject(method, path, seen):
         if path == "/sessions" and seen == 0:
             return 503
-        if path == "/runs/query" and seen < 2:
+        if path == "/api/v2/runs/query" and seen < 2:
             return 429
         return None
 
@@ -398,7 +429,8 @@ def test_rate_limited_and_unavailable_answers_are_retried(make_config, context, 
     _, runs = read_back(repo, result)
     assert {run["id"] for run in runs} == set(expected_runs(seeded, [project]))
     assert proxy.count("GET", "/sessions", 503) == 1 and proxy.count("GET", "/sessions", 200) >= 1
-    assert proxy.count("POST", "/runs/query", 429) == 2 and proxy.count("POST", "/runs/query", 200) >= 1
+    assert proxy.count("POST", "/api/v2/runs/query", 429) == 2
+    assert proxy.count("POST", "/api/v2/runs/query", 200) >= 1
     assert elapsed >= 1.9  # Retry-After: 1 was honoured twice
 
 
@@ -444,24 +476,31 @@ def test_hook_reads_the_api_url_key_and_workspace_from_the_connection(monkeypatc
 # a free port with its own data directory: a blank workspace, reached through connection langsmith_target.
 
 
-@pytest.fixture
-def blank_target(tmp_path, monkeypatch):
-    """A private, empty LangSmith emulator as connection ``langsmith_target``; yields a hook on it."""
-    from devstack.langsmith_emulator import make_server
+@contextmanager
+def private_langsmith(data_dir, monkeypatch, conn_id: str, version: str | None = None):
+    """A private, empty LangSmith emulator (answering as ``version``) as connection ``conn_id``; a hook on it."""
+    from devstack.langsmith_emulator import EMULATED_VERSION, make_server
 
     key = f"lsv2_pt_target{uuid.uuid4().hex}"
-    server = make_server("127.0.0.1", 0, str(tmp_path / "langsmith-target"), api_key=key)
+    server = make_server("127.0.0.1", 0, str(data_dir), api_key=key, version=version or EMULATED_VERSION)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="langsmith-target", daemon=True)
+                              name=f"langsmith-{conn_id}", daemon=True)
     thread.start()
-    connection_to(monkeypatch, "langsmith_target", server.server_address[1], key)
+    connection_to(monkeypatch, conn_id, server.server_address[1], key)
     try:
-        with LangSmithHook("langsmith_target") as hook:
+        with LangSmithHook(conn_id) as hook:
             yield hook
     finally:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@pytest.fixture
+def blank_target(tmp_path, monkeypatch):
+    """A private, empty LangSmith emulator as connection ``langsmith_target``; yields a hook on it."""
+    with private_langsmith(tmp_path / "langsmith-target", monkeypatch, "langsmith_target") as hook:
+        yield hook
 
 
 @pytest.fixture
@@ -487,8 +526,8 @@ def project_named(client, name: str) -> dict:
     return found[0]
 
 
-def run_ids_of(client, project_id: str) -> list[str]:
-    return [str(run.id) for run in client.list_runs(project_id=project_id, select=["id"])]
+def run_ids_of(hook, project_id: str) -> list[str]:
+    return list(server_runs(hook, [project_id]))
 
 
 def feedback_of(client, run_ids: list[str]) -> list[dict]:
@@ -496,10 +535,6 @@ def feedback_of(client, run_ids: list[str]) -> list[dict]:
                for record in client.list_feedback(run_ids=run_ids[start:start + 100])]
     return sorted(records, key=lambda record: record["id"])
 
-
-def tree(run) -> dict:
-    dumped = run.model_dump(mode="json")
-    return {field: dumped[field] for field in TREE_FIELDS}
 
 
 def test_restore_onto_a_blank_workspace_gives_back_projects_runs_and_feedback(
@@ -528,16 +563,17 @@ def test_restore_onto_a_blank_workspace_gives_back_projects_runs_and_feedback(
     for name in seeded["projects"]:
         project_id = project_named(source, name)["id"]
         backed_up = {run["id"] for run in runs if run["session_id"] == project_id}
-        restored = run_ids_of(target, project_id)
+        restored = run_ids_of(blank_target, project_id)
         assert len(restored) == len(set(restored)) == len(backed_up) > 0 and set(restored) == backed_up
-    for run in runs:
-        assert tree(target.read_run(run["id"])) == tree(source.read_run(run["id"])), run["id"]
+    project_ids = sorted({run["session_id"] for run in runs})
+    assert server_runs(blank_target, project_ids) == server_runs(ls_hook, project_ids, ids=[r["id"] for r in runs])
     by_id = {run["id"]: run for run in runs}
     assert any(by_id.get(run["parent_run_id"] or "", {}).get("parent_run_id") for run in runs)  # 3 deep
     # extra comes back as it was: the application's runtime where it had one, nothing added where not.
     traced = [run for run in runs if not run["name"].startswith("edge-")]
     assert traced and all(run["extra"]["runtime"]["sdk"] == "langsmith-py" for run in traced)
-    assert target.read_run(seeded["edges"]["at_start"]["id"]).extra == {}
+    edge = seeded["edges"]["at_start"]["id"]
+    assert server_runs(blank_target, project_ids, ids=[edge])[edge]["extra"] == {}
     assert any(run["status"] == "error" for run in runs) and any(run["events"] for run in runs)
     # Feedback: every record, with its id, key, score, source and creation time.
     ids = [run["id"] for run in runs]
@@ -557,7 +593,7 @@ def test_restore_onto_a_blank_workspace_gives_back_projects_runs_and_feedback(
                      "runs_present": len(runs), "traces": 0, "feedback": 0,
                      "feedback_present": result.counts["feedback"]}
     restored = [run_id for name in seeded["projects"]
-                for run_id in run_ids_of(target, project_named(target, name)["id"])]
+                for run_id in run_ids_of(blank_target, project_named(target, name)["id"])]
     assert sorted(restored) == sorted(ids)
     assert feedback_of(target, ids) == restored_feedback
     assert restorer.verify_restore(ctx, "all") == []
@@ -609,7 +645,7 @@ def test_a_project_the_target_holds_under_another_id_receives_the_runs(
     assert restored["description"] == seeded["projects"][name].description
     assert restored["extra"]["metadata"] == seeded["projects"][name].metadata
     evals = [run for run in runs if run["session_id"] == project_named(source, name)["id"]]
-    assert sorted(run_ids_of(target, restored["id"])) == sorted(run["id"] for run in evals)
+    assert sorted(run_ids_of(blank_target, restored["id"])) == sorted(run["id"] for run in evals)
     assert all(record["session_id"] == restored["id"]
                for record in feedback_of(target, [run["id"] for run in evals]))
     assert restorer.verify_restore(ctx, "all") == []
@@ -629,13 +665,15 @@ def test_runs_are_sent_in_batches_parents_before_children(langsmith_backup, blan
     assert sorted(sent) == sorted(run["id"] for run in runs)  # each run once
     assert len(batches) >= len(runs) // 250
     assert sum(len(batch) == 25 for batch in batches) >= len(batches) // 2
+    # within a batch, parents before their children (dotted order); across batches the order does not
+    # matter: batch ingestion takes a run whose parent is not there yet (it carries its trace and dotted order)
     for batch in batches:
         assert [run["dotted_order"] for run in batch] == sorted(run["dotted_order"] for run in batch)
-    position = {run_id: index for index, run_id in enumerate(sent)}
-    children = [run for run in runs if run["parent_run_id"] in position]
-    assert children and all(position[run["parent_run_id"]] < position[run["id"]] for run in children)
+    together = [(batch, run) for batch in batches for run in batch
+                if run.get("parent_run_id") in {r["id"] for r in batch}]
+    assert together, "some children travel with their parent"
     # the runs the target already holds are asked by id, a batch at a time, not sent again
-    assert proxy.count("POST", "/runs/query") == len(batches)
+    assert proxy.count("POST", "/api/v2/runs/query") == len(batches)
 
 
 def test_a_rejected_batch_fails_the_restore_naming_the_runs_and_the_cause(
@@ -653,7 +691,7 @@ def test_a_rejected_batch_fails_the_restore_naming_the_runs_and_the_cause(
     assert blank_target.api_key[:5] not in message
     assert proxy.count("POST", "/runs/batch", 422) == 1  # a 422 is not retried
     # the first batch went in, nothing after the rejected one
-    assert len(run_ids_of(blank_target.get_conn(), runs[0]["session_id"])) == 100
+    assert len(run_ids_of(blank_target, runs[0]["session_id"])) == 100
 
 
 def test_restore_batches_are_never_cut_between_runs_that_started_together():
@@ -684,3 +722,55 @@ def test_an_unreachable_target_fails_the_inspection_naming_it(langsmith_backup, 
         with pytest.raises(ComponentError, match=expected) as failure:
             step(ctx, "all")
         assert "lsv2_" not in str(failure.value)
+
+
+def test_a_server_without_the_v2_query_is_read_through_the_v1_one(make_config, repo, backup_date, tmp_path,
+                                                                   monkeypatch, restore_context, caplog):
+    """Self-hosted LangSmith before 0.16 has no POST /api/v2/runs/query (404): the backup says so and reads the
+    runs through the v1 query as plain HTTP (no deprecated SDK method), records which query it used, and that
+    backup restores onto a current server (the v2 query) equal run for run."""
+    from langsmith import Client
+
+    from ragvault.repository import utcnow_iso
+
+    day = dt.date(2044, 6, 1) + dt.timedelta(days=random.randrange(0, 300))
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    with private_langsmith(tmp_path / "old", monkeypatch, "langsmith_old", version="0.15.4") as old:
+        tracer = Client(api_url=old.api_url, api_key=old.api_key, auto_batch_tracing=False)
+        try:
+            seed_langsmith(tracer, [day], prefix="old-", traces_per_day=4)
+        finally:
+            tracer.close(timeout=0)
+        dataset = {run["id"]: run for project in langsmith_dataset([day], prefix="old-", traces_per_day=4)
+                   for run in project.runs}
+        settings = settings_for(make_config, "langsmith_old")
+        ctx = BackupContext(repo=repo, date=backup_date, component="langsmith", run={
+            "run_id": "old", "data_interval_start": start.isoformat(),
+            "data_interval_end": (start + dt.timedelta(days=1)).isoformat()})
+        with caplog.at_level("WARNING", logger="ragvault"):
+            result = LangSmithComponent(settings).backup(ctx, None)
+        assert result.source_version == "0.15.4"
+    assert result.details["runs_api"] == "v1"
+    assert "api/v2/runs/query answered HTTP 404" in result.details["runs_api_reason"]
+    assert "before 0.16" in result.details["runs_api_reason"] and "v1 POST /runs/query" in caplog.text
+    _, runs = read_back(repo, result)
+    assert {run["id"] for run in runs} == set(dataset) and len(runs) == result.counts["runs"] > 10
+    for run in runs:
+        sent = dataset[run["id"]]
+        assert (run["trace_id"], run["parent_run_id"], run["dotted_order"], run["name"]) == (
+            sent["trace_id"], sent.get("parent_run_id"), sent["dotted_order"], sent["name"])
+        assert run["run_type"] == sent["run_type"] and run["inputs"] == sent["inputs"]
+
+    manifest = repo.build_manifest(backup_date, [result], {"run_id": "old", "at": utcnow_iso()})
+    repo.commit_manifest(manifest)
+    with private_langsmith(tmp_path / "new", monkeypatch, "langsmith_new") as new:
+        restorer = LangSmithComponent(settings_for(make_config, "langsmith_new"))
+        restore = restore_context(manifest, "langsmith", restorer.settings)
+        counts = restorer.restore(restore, "all")
+        assert counts["runs"] == len(runs)
+        assert restorer.verify_restore(restore, "all") == []
+        restored = server_runs(new, sorted({run["session_id"] for run in runs}))
+        assert {run_id: as_backed_up(run) for run_id, run in restored.items()} == {
+            run["id"]: {**{k: run[k] for k in as_backed_up(next(iter(restored.values())))},
+                        "start_time": moment(run["start_time"]), "end_time": moment(run["end_time"])}
+            for run in runs}

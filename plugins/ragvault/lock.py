@@ -179,6 +179,12 @@ class BucketLock:
                     f"{self.lease:.0f}) and was taken over. This run stops here and commits nothing")
             if self._put(self._body(holder.get("acquired_at")), IfMatch=etag):
                 return
+            # Changed since read: by another task of this run renewing it too (the lease is extended
+            # either way), or taken over, which the next look says.
+            again = self.holder()
+            if again is not None and again[0].get("owner") == self.owner:
+                self._since = _parse(again[0].get("acquired_at")) or self._since
+                return
         raise RepositoryError(f"{self.url}: could not renew the lease of {self.owner}: it kept changing under it")
 
     def release(self, *, attempts: int = 1, delay: float = 2.0) -> bool:

@@ -327,25 +327,22 @@ class CommitManifestOperator(_BackupOperator):
                          + (", ".join(f"{k}={v}" for k, v in comp.get("counts", {}).items()) or "empty"))
         not_captured = sorted(n for n, c in manifest["components"].items() if c.get("mode") != CAPTURE)
         total = sum(sizes.values())
-        self.log.info("state: %s", plan.reason)
-        self.log.info("backup %s:\n%s", date, "\n".join(lines))
-        if not_captured:
-            self.log.warning("backup %s is PARTIAL: %d of %d components were not captured by this run (%s); see "
-                             "their mode and reason above", date, len(not_captured), len(manifest["components"]),
-                             ", ".join(f"{n}: {manifest['components'][n].get('mode')}" for n in not_captured))
-        self.log.info("backup %s complete: %d artifacts, %s, s3://%s/%s", date, len(manifest["artifacts"]),
-                      human_size(total), repo.bucket, repo.manifest_key(date))
         counted = f"{len(manifest['artifacts'])} artifacts, {human_size(total)}"
         if not_captured:
-            note = (f"ragvault: PARTIAL backup of {date}: {len(not_captured)} of {len(manifest['components'])} "
-                    f"components not captured by this run ("
-                    + ", ".join(f"{n} {manifest['components'][n].get('mode')}" for n in not_captured)
-                    + f"); {counted}")
+            outcome = (f"PARTIAL backup of {date}: {len(not_captured)} of {len(manifest['components'])} components "
+                       "not captured by this run ("
+                       + ", ".join(f"{n} {manifest['components'][n].get('mode')}" for n in not_captured)
+                       + f"); {counted}")
         else:
-            note = f"ragvault: complete backup of {date}: {len(manifest['components'])} components captured; {counted}"
-        self.note_run(context, note)
+            outcome = f"complete backup of {date}: {len(manifest['components'])} components captured; {counted}"
+        self.log.info("state: %s", plan.reason)
+        self.log.info("backup %s:\n%s", date, "\n".join(lines))
+        (self.log.warning if not_captured else self.log.info)("%s, s3://%s/%s", outcome, repo.bucket,
+                                                              repo.manifest_key(date))
+        self.note_run(context, f"ragvault: {outcome}")
         return {"manifest": repo.manifest_key(date), "artifacts": len(manifest["artifacts"]), "bytes": total,
                 "partial": bool(not_captured), "not_captured": not_captured}
+
 
 class PauseIngestionOperator(_RagvaultOperator):
     """Take the bucket's lock, then pause ingestion (configured DAGs and/or flags); see ``ragvault.ingestion``.

@@ -122,3 +122,24 @@ def test_renewing_an_expired_lock_nobody_took_takes_it_again(lock_repo):
     lock_repo.client.delete_object(Bucket=lock_repo.bucket, Key=LOCK_KEY)
     mine.renew()
     assert stored(lock_repo)["owner"] == "run-a"
+
+
+def test_tasks_of_one_run_renewing_at_once_all_keep_the_lease(lock_repo):
+    """Mapped tasks of a run start together and each renews the lease: a renewal that loses the race to a
+    sibling's is a renewal all the same, never a failure."""
+    lock(lock_repo, "run-a", lease=60).acquire(wait=0)
+    errors = []
+
+    def renew():
+        try:
+            lock(lock_repo, "run-a", lease=60).renew()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=renew) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert stored(lock_repo)["owner"] == "run-a"

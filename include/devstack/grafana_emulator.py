@@ -264,6 +264,22 @@ def check_provenance(stored: str, requested: str) -> None:
         raise provenance_error(stored, requested)
 
 
+def rule_provenance_mismatch(operation: str, provided: str, stored: str) -> ApiError:
+    """``errProvenanceMismatch`` of Grafana's alert rule provisioning service
+    (pkg/services/ngalert/provisioning/alert_rules.go): 409 ``alerting.provenanceMismatch``."""
+    return errutil_error(409, "alerting.provenanceMismatch",
+                         f"cannot {operation} with provided provenance '{provided}', needs '{stored}'")
+
+
+def can_update_provenance_in_rule_group(stored: str, provided: str) -> bool:
+    """``validation.CanUpdateProvenanceInRuleGroup`` (pkg/services/ngalert/provisioning/validation): replacing a
+    rule group may keep the provenance, take rules without one, or reset ``api`` (and ``converted_prometheus``)
+    to none; ``file`` stays ``file``."""
+    if stored in (provided, PROVENANCE_NONE):
+        return True
+    return provided == PROVENANCE_NONE and stored in (PROVENANCE_API, "converted_prometheus")
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -1050,7 +1066,10 @@ class GrafanaState:
         folder_ids = req.args("folderIds")
         dashboard_uids = set(req.args("dashboardUIDs") + req.args("dashboardUID"))
         dashboard_ids = {int(value) for value in req.args("dashboardIds") if value.isdigit()}
-        limit = min(max(1, req.int_arg("limit", SEARCH_DEFAULT_LIMIT)), SEARCH_MAX_LIMIT)
+        limit = max(1, req.int_arg("limit", SEARCH_DEFAULT_LIMIT))
+        if limit > SEARCH_MAX_LIMIT:  # pkg/api/search.go (Search): refused, not capped
+            raise ApiError(422, f"Limit is above maximum allowed ({SEARCH_MAX_LIMIT}), use page parameter to "
+                                "access hits beyond limit")
         page = max(1, req.int_arg("page", 1))
         if req.bool_arg("starred"):
             return 200, []  # nobody stars anything here
@@ -1866,9 +1885,11 @@ class GrafanaState:
         return self._rule_row(uid)
 
     def _update_rule(
-        self, row: sqlite3.Row, values: dict, interval: int, index: int, provenance: str, user: str
+        self, row: sqlite3.Row, values: dict, interval: int, index: int, provenance: str, user: str,
+        checked: bool = False,
     ) -> sqlite3.Row:
-        check_provenance(self._provenance("alertRule", row["uid"]), provenance)
+        if not checked:
+            check_provenance(self._provenance("alertRule", row["uid"]), provenance)
         self.update(
             "alert_rule",
             row["id"],
@@ -1936,7 +1957,9 @@ class GrafanaState:
     def delete_alert_rule(self, req: Request) -> tuple[int, Any]:
         row = self._rule_row(req.params["uid"])
         if row is not None:
-            check_provenance(self._provenance("alertRule", row["uid"]), req.provenance)
+            stored = self._provenance("alertRule", row["uid"])  # AlertRuleService.DeleteAlertRule
+            if stored not in (req.provenance, PROVENANCE_NONE):
+                raise rule_provenance_mismatch("delete", req.provenance, stored)
             self._delete_rule_row(row["uid"])
         return 204, None
 
@@ -1981,14 +2004,20 @@ class GrafanaState:
         if len(uids) != len(set(uids)):
             raise ApiError(400, "invalid alert rule: rule UIDs of a group must be unique")
         user = str(req.identity.get("login") or "")
-        for row in self._group_rows(folder_uid, group):
-            if row["uid"] not in uids:
-                check_provenance(self._provenance("alertRule", row["uid"]), req.provenance)
-                self._delete_rule_row(row["uid"])
+        # AlertRuleService.persistDelta: every rule deleted or updated is checked first (one transaction)
+        existing_rows = {values["uid"]: self._rule_row(values["uid"]) for values in parsed if values["uid"]}
+        doomed = [row for row in self._group_rows(folder_uid, group) if row["uid"] not in uids]
+        for operation, rows in (("delete", doomed), ("update", [r for r in existing_rows.values() if r])):
+            for row in rows:
+                stored = self._provenance("alertRule", row["uid"])
+                if not can_update_provenance_in_rule_group(stored, req.provenance):
+                    raise rule_provenance_mismatch(operation, req.provenance, stored)
+        for row in doomed:
+            self._delete_rule_row(row["uid"])
         for index, values in enumerate(parsed, start=1):
-            existing = self._rule_row(values["uid"]) if values["uid"] else None
+            existing = existing_rows.get(values["uid"])
             if existing is not None:
-                self._update_rule(existing, values, interval, index, req.provenance, user)
+                self._update_rule(existing, values, interval, index, req.provenance, user, checked=True)
             else:
                 self._insert_rule(values, interval, index, req.provenance, user)
         return 200, dict(body, title=group, folderUid=folder_uid)

@@ -360,6 +360,14 @@ def test_search_is_paginated_like_grafana(grafana):
     assert [hit["title"] for page in pages for hit in page] == [f"Paged {index}" for index in range(5)]
 
 
+def test_search_refuses_a_limit_above_5000(grafana):
+    """Grafana's pkg/api/search.go (HTTPServer.Search): ``limit > 5000`` is answered 422, not capped."""
+    refused = grafana.fails("GET", "/api/search", 422, params={"limit": 5001})
+    assert refused == {"message": "Limit is above maximum allowed (5000), use page parameter to access hits "
+                                  "beyond limit"}
+    assert isinstance(grafana.ok("GET", "/api/search", params={"limit": 5000}), list)
+
+
 def test_dashboard_versions_and_conflicts(grafana):
     home = folder(grafana, uid("Versions"))
     model = dashboard_model("Versioned")
@@ -652,6 +660,38 @@ def test_alert_rules_and_rule_groups_round_trip(grafana):
     assert grafana.call("GET", f"/api/v1/provisioning/alert-rules/{extra['uid']}").status_code == 404
     grafana.ok("DELETE", path, 204)
     assert grafana.fails("GET", path, 404)["message"]
+
+
+def test_replacing_a_rule_group_may_reset_api_provenance_but_never_file(grafana):
+    """Grafana's validation.CanUpdateProvenanceInRuleGroup (pkg/services/ngalert/provisioning/validation) and
+    AlertRuleService.persistDelta / DeleteAlertRule (pkg/services/ngalert/provisioning/alert_rules.go): a group
+    replaced with X-Disable-Provenance takes rules of provenance ``api`` back to none (what a restore sends over
+    Terraform's rules), a ``file`` rule is refused with 409 alerting.provenanceMismatch, and a single rule is
+    deleted only with its own provenance."""
+    import sqlite3
+
+    home = folder(grafana, uid("Provenanced"))
+    group = "provenanced"
+    path = f"/api/v1/provisioning/folder/{home['uid']}/rule-groups/{group}"
+    body = alert_rule(home["uid"], group, "Terraform rule")
+    assert grafana.ok("POST", "/api/v1/provisioning/alert-rules", 201, json=body)["provenance"] == "api"
+    headers = {"X-Disable-Provenance": "true"}
+    grafana.ok("PUT", path, json={"interval": 60, "rules": [dict(body, title="Restored")]}, headers=headers)
+    restored = grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{body['uid']}")
+    assert restored["title"] == "Restored" and restored.get("provenance", "") == ""
+
+    grafana.ok("PUT", f"/api/v1/provisioning/alert-rules/{body['uid']}", json=body)  # none -> api
+    refused = grafana.fails("DELETE", f"/api/v1/provisioning/alert-rules/{body['uid']}", 409, headers=headers)
+    assert refused == {"message": "cannot delete with provided provenance '', needs 'api'",
+                       "messageId": "alerting.provenanceMismatch", "statusCode": 409}
+
+    with sqlite3.connect(grafana.data_dir / "grafana.db", timeout=10) as db:  # as file provisioning leaves it
+        db.execute("UPDATE provenance_type SET provenance = 'file' WHERE record_key = ?", (body["uid"],))
+    refused = grafana.fails("PUT", path, 409, json={"interval": 60, "rules": [body]}, headers=headers)
+    assert refused["message"] == "cannot update with provided provenance '', needs 'file'"
+    refused = grafana.fails("PUT", path, 409, json={"interval": 60, "rules": []}, headers=headers)
+    assert refused["message"] == "cannot delete with provided provenance '', needs 'file'"
+    assert grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{body['uid']}")["title"] == "Terraform rule"
 
 
 def test_disabled_provenance_keeps_restored_rules_editable(grafana):

@@ -520,6 +520,56 @@ class GrafanaComponent(Component):
             return self._restore_files(ctx, item)
         return self._restore_api(ctx, item)
 
+    def preflight(self, ctx: RestoreContext, item: str) -> list[str]:
+        """The target's alerting objects that the restore would change and that Grafana will not let it change.
+
+        The restore writes alerting objects without provenance (``X-Disable-Provenance``), so that they stay
+        editable in the UI. Grafana refuses that over a contact point, template, mute timing or policy tree that
+        has a provenance (403, ``ValidateProvenanceRelaxed``), and over a rule of provenance ``file`` (409,
+        ``CanUpdateProvenanceInRuleGroup`` lets a rule group go from ``api`` to none only). Found here, before
+        any component writes, they are named with their provenance instead of failing half-way.
+        """
+        if self.restore_files:
+            return []
+        with self.hook() as hook:
+            try:
+                held = self._provenanced(ctx, hook, item)
+            except GrafanaError as exc:
+                return [f"could not read the target's alerting objects: {exc}"]
+        if not held:
+            return []
+        return [f"Grafana at {hook.base_url} would refuse to overwrite {len(held)} provisioned alerting object(s) "
+                f"of the backup: {'; '.join(held)}. Grafana lets only the tool that provisioned them change them "
+                "(Terraform or the API for provenance api, provisioning files for file): release them there (or "
+                "delete them on the target), or leave grafana out of this restore"]
+
+    def _provenanced(self, ctx: RestoreContext, hook: GrafanaHook, item: str) -> list[str]:
+        """``what (provenance p)`` of each target alerting object the restore would overwrite and cannot."""
+        held: list[str] = []
+        for kind, path, key in (("notification template", "alerting/templates.json", "name"),
+                                ("mute timing", "alerting/mute_timings.json", "name")):
+            wanted = {entry[key] for entry in self._items(ctx, item, path)}
+            listing = "templates" if kind.endswith("template") else "mute-timings"
+            held += [f"{kind} {entry[key]!r} (provenance {entry['provenance']})"
+                     for entry in hook.get(f"{PROVISIONING}/{listing}") or []
+                     if entry.get(key) in wanted and entry.get("provenance")]
+        points = list(self._items(ctx, item, "alerting/contact_points.json"))
+        uids, names = {p["uid"] for p in points}, {p["name"] for p in points}
+        held += [f"contact point {p.get('name')!r} (uid {p['uid']}, provenance {p['provenance']})"
+                 for p in hook.get(f"{PROVISIONING}/contact-points") or []
+                 if (p.get("uid") in uids or p.get("name") in names) and p.get("provenance")]
+        tree = _read_json(ctx, ctx.artifact(item, "alerting/policies.json"))
+        if tree and tree.get("receiver"):
+            target = hook.get(f"{PROVISIONING}/policies") or {}
+            if target.get("provenance"):
+                held.append(f"the notification policy tree (provenance {target['provenance']})")
+        groups = {(g["folderUid"], g["title"]) for g in self._items(ctx, item, "alerting/rule_groups.json")}
+        held += [f"alert rule {r.get('title')!r} (uid {r.get('uid')}, provenance {r['provenance']})"
+                 for r in hook.get(f"{PROVISIONING}/alert-rules") or []
+                 if (r.get("folderUID"), r.get("ruleGroup")) in groups
+                 and r.get("provenance") not in (None, "", "api", "converted_prometheus")]
+        return held
+
     def verify_restore(self, ctx: RestoreContext, item: str) -> list[str]:
         if self.restore_files and not self._probe().answers():
             return self._verify_files(ctx, item)

@@ -174,7 +174,7 @@ class GrafanaHook(ConnectionHook):
         if response.status_code not in expected:
             raise GrafanaError(
                 f"{method} {url}: HTTP {response.status_code} {response.reason or ''}".rstrip()
-                + f": {_error_text(response)}{_hint(response.status_code, self.grafana_conn_id)}",
+                + f": {_error_text(response)}{_hint(response, self.grafana_conn_id)}",
                 status=response.status_code,
             )
         if not response.content:
@@ -347,7 +347,19 @@ def _error_text(response: requests.Response) -> str:
     return str(body)[:300]
 
 
-def _hint(status: int, conn_id: str) -> str:
+#: Grafana's errors about an alerting object's provenance (a 403 or 409 that no permission cures)
+PROVENANCE_MESSAGE_IDS = ("alerting.notifications.invalidProvenance", "alerting.provenanceMismatch")
+
+
+def _hint(response: requests.Response, conn_id: str) -> str:
+    status = response.status_code
+    try:
+        message_id = (response.json() or {}).get("messageId")
+    except (ValueError, AttributeError):
+        message_id = None
+    if message_id in PROVENANCE_MESSAGE_IDS:
+        return (" (the object is provisioned (its provenance is api, as Terraform leaves it, or file) and Grafana "
+                "lets only the same way of provisioning change it; no permission changes that)")
     if status == 401:
         return f" (the credentials of connection {conn_id!r} were refused: check its token or login/password)"
     if status == 403:

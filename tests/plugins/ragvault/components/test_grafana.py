@@ -838,3 +838,57 @@ def test_json_arrays_are_read_item_by_item_across_chunk_boundaries(grafana):
     for broken in (b'{"a": 1}', b"[1, 2", b"[1 2]", b"[1] x"):
         with pytest.raises(ComponentError, match="broken.json"):
             list(_json_items([broken], "broken.json"))
+
+
+def test_provisioned_alerting_objects_on_the_target_stop_the_restore_before_it_writes(
+    grafana, connect, make_settings, backed_up, restore_context, restore_target
+):
+    """A target whose contact point and template were provisioned through the API (provenance api, as Terraform's
+    Grafana provider leaves them): Grafana refuses to overwrite them with X-Disable-Provenance (403,
+    ValidateProvenanceRelaxed in pkg/services/ngalert/provisioning/validation), so the pre-flight names them
+    before any write. A rule group of provenance api is not in the list: CanUpdateProvenanceInRuleGroup lets a
+    group replace take it to none, and the restore does."""
+    manifest = backed_up(GrafanaComponent(make_settings(connect(grafana.port, password=TOKEN))))
+    source_point = next(p for p in provisioning(grafana, "contact-points") if p["uid"] == "rv-cp-oncall-webhook")
+    source_template = provisioning(grafana, "templates")[0]
+    source_group = grafana.get(f"{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo")
+    with restore_target() as (target, restorer):
+        ctx = restore_context(manifest, "grafana", restorer.settings)
+        assert restorer.preflight(ctx, "all") == []
+        # provisioned the way Terraform does: no X-Disable-Provenance header
+        sent = [
+            target.session.post(f"{target.url}{PROVISIONING}/contact-points", json=source_point, timeout=10),
+            target.session.put(f"{target.url}{PROVISIONING}/templates/{source_template['name']}",
+                               json={"template": source_template["template"]}, timeout=10),
+            target.session.post(f"{target.url}/api/folders", json={"uid": "rv-quality", "title": "Quality"},
+                                timeout=10),
+            target.session.put(f"{target.url}{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo",
+                               json={**source_group, "rules": [without(r, "id", "provenance")
+                                                               for r in source_group["rules"]]}, timeout=10),
+        ]
+        assert [r.status_code for r in sent] == [202, 202, 200, 200], [r.text for r in sent]
+        assert {r["provenance"] for r in provisioning(target, "alert-rules")} == {"api"}
+
+        [problem] = restorer.preflight(ctx, "all")
+        assert f"Grafana at {target.url} would refuse to overwrite 2 provisioned alerting object(s)" in problem
+        assert "contact point 'rag-oncall' (uid rv-cp-oncall-webhook, provenance api)" in problem
+        assert f"notification template {source_template['name']!r} (provenance api)" in problem
+        assert "alert rule" not in problem
+        assert target.dashboard_uids() == set()  # the pre-flight wrote nothing
+
+        # a restore that went ahead anyway fails on the contact point, and says why (not "a permission")
+        with pytest.raises(ComponentError) as refused:
+            restorer.restore(ctx, "all")
+        assert "provenance" in str(refused.value) and "lacks a permission" not in str(refused.value)
+
+        # released on the target (deleted, as `terraform state rm` + delete would): the restore goes through
+        # and takes the api rule group back to no provenance
+        for response in (
+            target.session.delete(f"{target.url}{PROVISIONING}/contact-points/rv-cp-oncall-webhook", timeout=10),
+            target.session.delete(f"{target.url}{PROVISIONING}/templates/{source_template['name']}", timeout=10),
+        ):
+            assert response.status_code in (202, 204), response.text
+        assert restorer.preflight(ctx, "all") == []
+        restorer.restore(ctx, "all")
+        assert all("provenance" not in rule for rule in provisioning(target, "alert-rules"))
+        assert restorer.verify_restore(ctx, "all") == []

@@ -1221,6 +1221,14 @@ class Store:
             + (" WHERE " + " AND ".join(where) if where else "")
             + f" ORDER BY start_time {direction}, id {direction}"
         )
+        runs, next_cursor = self._page(sql, args, predicates, limit,
+                                       lambda db, doc, ctx: self._render_run(db, doc, fields, ctx))
+        return {"runs": runs, "cursors": {"next": next_cursor, "prev": None}, "parsed_query": None}
+
+    def _page(self, sql: str, args: list[Any], predicates: list, limit: int,
+              render: Callable[[sqlite3.Connection, dict, _RenderContext], dict]) -> tuple[list[dict], str | None]:
+        """One page of a runs query: the first ``limit`` rows of ``sql`` that pass every predicate, rendered,
+        and the cursor of the next page (None on the last one)."""
         with self._tx() as db:
             ctx = _RenderContext()
             page: list[dict] = []
@@ -1233,9 +1241,8 @@ class Store:
                     has_more = True
                     break
                 page.append(doc)
-            runs = [self._render_run(db, doc, fields, ctx) for doc in page]
-        next_cursor = _encode_cursor(page[-1]["start_time"], page[-1]["id"]) if has_more else None
-        return {"runs": runs, "cursors": {"next": next_cursor, "prev": None}, "parsed_query": None}
+            rendered = [render(db, doc, ctx) for doc in page]
+        return rendered, (_encode_cursor(page[-1]["start_time"], page[-1]["id"]) if has_more else None)
 
     def query_runs_v2(self, body: Any) -> dict:
         """Serve ``POST /api/v2/runs/query`` (``RunQueryV2Params`` in ``langsmith/types/run_query_v2_params.py``,
@@ -1310,20 +1317,8 @@ class Store:
         predicates = [_make_predicate(key, parse_filter(_expect(body[key], str, key)), self)
                       for key in ("filter", "trace_filter", "tree_filter") if body.get(key)]
         sql = f"SELECT doc FROM runs WHERE {' AND '.join(where)} ORDER BY start_time DESC, id DESC"
-        with self._tx() as db:
-            ctx = _RenderContext()
-            page: list[dict] = []
-            has_more = False
-            for (raw,) in db.execute(sql, args).fetchall():
-                doc = json.loads(raw)
-                if not all(predicate(doc, ctx, db) for predicate in predicates):
-                    continue
-                if len(page) == page_size:
-                    has_more = True
-                    break
-                page.append(doc)
-            items = [self._render_run_v2(db, doc, fields, ctx) for doc in page]
-        next_cursor = _encode_cursor(page[-1]["start_time"], page[-1]["id"]) if has_more else None
+        items, next_cursor = self._page(sql, args, predicates, page_size,
+                                        lambda db, doc, ctx: self._render_run_v2(db, doc, fields, ctx))
         return {"items": items, "next_cursor": next_cursor}
 
     def _render_run_v2(self, db: sqlite3.Connection, doc: dict, fields: set[str], ctx: _RenderContext) -> dict:

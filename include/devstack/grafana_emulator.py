@@ -49,6 +49,7 @@ import sqlite3
 import string
 import threading
 import unicodedata
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -262,6 +263,22 @@ def check_provenance(stored: str, requested: str) -> None:
     """Grafana's rule: a resource without provenance may be taken by anyone, otherwise it must not change."""
     if stored not in (PROVENANCE_NONE, requested):
         raise provenance_error(stored, requested)
+
+
+#: Kubernetes-style dashboard API (Grafana 12): the group's URL, the namespace of org 1 (Grafana's namespace mapper:
+#: "default" for org 1, "org-N" for the others) and the schema-v2 versions served
+K8S_DASHBOARDS = "/apis/dashboard.grafana.app"
+NAMESPACE = "default"
+K8S_V2_VERSIONS = ("v2alpha1", "v2beta1")
+
+
+def k8s_status(code: int, reason: str, message: str, name: str | None = None) -> ApiError:
+    """A Kubernetes ``Status`` error body, as Grafana's /apis answer."""
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+    if name:
+        body["details"] = {"name": name, "group": "dashboard.grafana.app", "kind": "dashboards"}
+    return ApiError(code, body=body)
 
 
 def rule_provenance_mismatch(operation: str, provided: str, stored: str) -> ApiError:
@@ -1323,6 +1340,9 @@ class GrafanaState:
         row = self._dashboard(req.params["uid"])
         if row is None:
             raise ApiError(404, "Dashboard not found", status="not-found")
+        if str(row["api_version"] or "").startswith("v2"):  # pkg/api/dashboard.go GetDashboard
+            raise ApiError(406, f"dashboard api version not supported, use {K8S_DASHBOARDS}/{row['api_version']}/"
+                                f"namespaces/{NAMESPACE}/dashboards/{row['uid']} instead")
         data = dict(jloads(row["data"], {}), id=row["id"], uid=row["uid"], version=row["version"])
         folder = self._folder(row["folder_uid"])
         meta = {
@@ -1364,6 +1384,113 @@ class GrafanaState:
         return 200, {"title": row["title"], "message": f"Dashboard {row['title']} deleted", "id": row["id"]}
 
     # -- data sources ----------------------------------------------------------------------------------------
+
+    # -- dashboards as Kubernetes-style resources (/apis/dashboard.grafana.app/...), Grafana 12 ----------------
+    # Only schema-v2 dashboards (v2alpha1, v2beta1) are served here: the conversion Grafana does between
+    # versions is not emulated, and is refused rather than answered with made-up data.
+
+    def _k8s_version(self, req: Request) -> str:
+        version = req.params["version"]
+        if version not in K8S_V2_VERSIONS:
+            raise k8s_status(400, "BadRequest", f"dashboard API version {version} is not emulated "
+                                                f"(only {', '.join(K8S_V2_VERSIONS)})", req.params.get("name"))
+        if req.params["namespace"] != NAMESPACE:
+            raise k8s_status(404, "NotFound", f"namespace {req.params['namespace']} not found (org 1 is "
+                                              f"{NAMESPACE})", req.params.get("name"))
+        return version
+
+    def _dashboard_resource(self, row: sqlite3.Row) -> dict:
+        annotations = {"grafana.app/createdBy": f"user:{self._login_of(row['created_by'])}",
+                       "grafana.app/updatedBy": f"user:{self._login_of(row['updated_by'])}",
+                       "grafana.app/updatedTimestamp": api_time(row["updated"])}
+        if row["folder_uid"]:
+            annotations["grafana.app/folder"] = row["folder_uid"]
+        return {
+            "kind": "Dashboard",
+            "apiVersion": f"dashboard.grafana.app/{row['api_version']}",
+            "metadata": {
+                "name": row["uid"],
+                "namespace": NAMESPACE,
+                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"dashboard/{row['id']}")),
+                "resourceVersion": str(row["version"]),
+                "generation": row["version"],
+                "creationTimestamp": api_time(row["created"]),
+                "annotations": annotations,
+                "labels": {"grafana.app/deprecatedInternalID": str(row["id"])},
+            },
+            "spec": jloads(row["data"], {}),
+            "status": {},
+        }
+
+    def get_dashboard_resource(self, req: Request) -> tuple[int, Any]:
+        version = self._k8s_version(req)
+        row = self._dashboard(req.params["name"])
+        if row is None:
+            raise k8s_status(404, "NotFound", f'dashboards.dashboard.grafana.app "{req.params["name"]}" not found',
+                             req.params["name"])
+        if row["api_version"] != version:
+            raise k8s_status(400, "BadRequest", f"dashboard {row['uid']} is stored as {row['api_version'] or 'v1'}: "
+                                                f"conversion to {version} is not emulated", row["uid"])
+        return 200, self._dashboard_resource(row)
+
+    def _resource_body(self, req: Request, version: str) -> tuple[dict, dict, str, str | None]:
+        body = req.json_object()
+        if body.get("apiVersion") != f"dashboard.grafana.app/{version}" or body.get("kind") != "Dashboard":
+            raise k8s_status(400, "BadRequest", f"the object's apiVersion/kind ({body.get('apiVersion')}, "
+                                                f"{body.get('kind')}) is not dashboard.grafana.app/{version} Dashboard")
+        metadata, spec = body.get("metadata") or {}, body.get("spec")
+        if not isinstance(spec, dict) or not str(spec.get("title") or "").strip():
+            raise k8s_status(400, "BadRequest", "spec.title is required")
+        name = str(metadata.get("name") or "")
+        if not name:
+            raise k8s_status(400, "BadRequest", "metadata.name is required")
+        validate_uid(name)
+        folder_uid = str((metadata.get("annotations") or {}).get("grafana.app/folder") or "") or None
+        if folder_uid and self._folder(folder_uid) is None:
+            raise k8s_status(400, "BadRequest", f"folder {folder_uid} not found")
+        return metadata, spec, name, folder_uid
+
+    def _write_resource(self, req: Request, version: str, spec: dict, name: str, folder_uid: str | None,
+                        existing: sqlite3.Row | None) -> sqlite3.Row:
+        now = db_time()
+        number = existing["version"] + 1 if existing is not None else 1
+        title = str(spec["title"]).strip()
+        folder = self._folder(folder_uid) if folder_uid else None
+        values = {"version": number, "slug": slugify(title), "title": title, "org_id": ORG_ID, "updated": now,
+                  "updated_by": req.user_id, "folder_id": folder["id"] if folder else 0, "is_folder": 0,
+                  "uid": name, "folder_uid": folder_uid, "api_version": version, "data": jdumps(spec)}
+        if existing is not None:
+            self.update("dashboard", existing["id"], values)
+            dashboard_id = existing["id"]
+        else:
+            dashboard_id = self.insert("dashboard", {**values, "created": now, "created_by": req.user_id,
+                                                     "has_acl": 0})
+        self.insert("dashboard_version", {
+            "dashboard_id": dashboard_id, "parent_version": number - 1, "restored_from": 0, "version": number,
+            "created": now, "created_by": req.user_id, "message": "", "data": jdumps(spec), "api_version": version})
+        return self._dashboard(name)
+
+    def create_dashboard_resource(self, req: Request) -> tuple[int, Any]:
+        version = self._k8s_version(req)
+        _metadata, spec, name, folder_uid = self._resource_body(req, version)
+        if self._dashboard(name) is not None:
+            raise k8s_status(409, "AlreadyExists", f'dashboards.dashboard.grafana.app "{name}" already exists', name)
+        return 201, self._dashboard_resource(self._write_resource(req, version, spec, name, folder_uid, None))
+
+    def update_dashboard_resource(self, req: Request) -> tuple[int, Any]:
+        version = self._k8s_version(req)
+        metadata, spec, name, folder_uid = self._resource_body(req, version)
+        if name != req.params["name"]:
+            raise k8s_status(400, "BadRequest", "the name of the object does not match the name on the URL", name)
+        existing = self._dashboard(name)
+        if existing is None:
+            raise k8s_status(404, "NotFound", f'dashboards.dashboard.grafana.app "{name}" not found', name)
+        sent = metadata.get("resourceVersion")
+        if sent and str(sent) != str(existing["version"]):
+            raise k8s_status(409, "Conflict", f'Operation cannot be fulfilled on dashboards.dashboard.grafana.app '
+                                              f'"{name}": the object has been modified; please apply your changes to '
+                                              "the latest version and try again", name)
+        return 200, self._dashboard_resource(self._write_resource(req, version, spec, name, folder_uid, existing))
 
     def _datasource(self, column: str, value: Any) -> sqlite3.Row:
         row = self.one(f"SELECT * FROM data_source WHERE org_id = ? AND `{column}` = ?", ORG_ID, value)
@@ -2580,6 +2707,12 @@ _ROUTE_TABLE: list[tuple[str, str, Handler, bool]] = [
     ("GET", "/api/search", GrafanaState.search, True),
     ("POST", "/api/dashboards/db", GrafanaState.save_dashboard, True),
     ("GET", "/api/dashboards/uid/:uid", GrafanaState.get_dashboard, True),
+    ("GET", f"{K8S_DASHBOARDS}/:version/namespaces/:namespace/dashboards/:name",
+     GrafanaState.get_dashboard_resource, True),
+    ("PUT", f"{K8S_DASHBOARDS}/:version/namespaces/:namespace/dashboards/:name",
+     GrafanaState.update_dashboard_resource, True),
+    ("POST", f"{K8S_DASHBOARDS}/:version/namespaces/:namespace/dashboards",
+     GrafanaState.create_dashboard_resource, True),
     ("DELETE", "/api/dashboards/uid/:uid", GrafanaState.delete_dashboard, True),
     ("GET", "/api/datasources", GrafanaState.list_datasources, True),
     ("POST", "/api/datasources", GrafanaState.create_datasource, True),

@@ -990,3 +990,48 @@ def test_state_and_tokens_survive_a_restart(tmp_path):
             keys = {row[0] for row in db.execute("SELECT `key` FROM api_key")}
         assert minted["key"] not in keys and TOKEN not in keys  # only hashes are stored
         assert hashlib.sha256(TOKEN.encode()).hexdigest() in keys
+
+
+# -- Grafana 12: schema-v2 dashboards through the Kubernetes-style API ------------------------------------------
+
+V2 = "/apis/dashboard.grafana.app/v2beta1/namespaces/default/dashboards"
+
+
+def v2_dashboard(name: str, title: str, folder_uid: str | None = None, **spec) -> dict:
+    return {
+        "apiVersion": "dashboard.grafana.app/v2beta1",
+        "kind": "Dashboard",
+        "metadata": {"name": name, **({"annotations": {"grafana.app/folder": folder_uid}} if folder_uid else {})},
+        "spec": {"title": title, "elements": {}, "layout": {"kind": "GridLayout", "spec": {"items": []}}, **spec},
+    }
+
+
+def test_a_v2_dashboard_is_refused_by_the_legacy_api_and_served_by_the_new_one(grafana):
+    """pkg/api/dashboard.go (GetDashboard): a dashboard stored in schema v2 answers 406 on /api/dashboards/uid
+    and names its /apis URL; pkg/apimachinery/utils/meta.go: its folder is the grafana.app/folder annotation;
+    org 1's namespace is "default"."""
+    home = folder(grafana, uid("V2"))
+    name = uid("v2")
+    created = grafana.ok("POST", V2, 201, json=v2_dashboard(name, "RAG answers (v2)", home["uid"]))
+    assert created["metadata"]["name"] == name and created["metadata"]["namespace"] == "default"
+    assert created["metadata"]["annotations"]["grafana.app/folder"] == home["uid"]
+    assert created["spec"]["title"] == "RAG answers (v2)" and created["metadata"]["resourceVersion"]
+
+    refused = grafana.fails("GET", f"/api/dashboards/uid/{name}", 406)
+    assert refused == {"message": f"dashboard api version not supported, use {V2}/{name} instead"}
+    # still a dashboard for search, in its folder
+    [hit] = [h for h in grafana.ok("GET", "/api/search", params={"type": "dash-db"}) if h["uid"] == name]
+    assert (hit["title"], hit["folderUid"]) == ("RAG answers (v2)", home["uid"])
+
+    got = grafana.ok("GET", f"{V2}/{name}")
+    assert got == created
+    changed = dict(created, spec=dict(created["spec"], title="RAG answers (v2, edited)"))
+    updated = grafana.ok("PUT", f"{V2}/{name}", json=changed)
+    assert int(updated["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    stale = grafana.fails("PUT", f"{V2}/{name}", 409, json=changed)  # the resourceVersion of before
+    assert stale["reason"] == "Conflict" and "the object has been modified" in stale["message"]
+    assert grafana.fails("POST", V2, 409, json=v2_dashboard(name, "again"))["reason"] == "AlreadyExists"
+    assert grafana.fails("GET", f"{V2}/{uid('nope')}", 404)["reason"] == "NotFound"
+    assert grafana.fails("GET", f"/apis/dashboard.grafana.app/v2beta1/namespaces/org-2/dashboards/{name}",
+                         404)["reason"] == "NotFound"
+    grafana.ok("DELETE", f"/api/dashboards/uid/{name}")

@@ -143,6 +143,8 @@ DATASOURCE_FIELDS_IGNORED = (
     "typeLogoUrl",
 )
 #: alert rule fields left out of a rule group restore and its verification (Grafana sets them)
+#: the annotation holding a dashboard resource's folder uid (Grafana's pkg/apimachinery/utils/meta.go)
+FOLDER_ANNOTATION = "grafana.app/folder"
 RULE_FIELDS_DROPPED = ("id", "orgID", "updated", "updated_by", "provenance")
 RULE_FIELDS_IGNORED = RULE_FIELDS_DROPPED
 DASHBOARD_META_COMPARED = ("folderUid", "folderTitle", "folderUrl", "slug", "url")
@@ -485,12 +487,12 @@ class GrafanaComponent(Component):
             if not uid:
                 ctx.log.warning("grafana: search hit without uid skipped: %s", hit.get("title"))
                 continue
-            answer = hook.dashboard(uid)
+            answer = hook.dashboard_any(uid)
             if answer is None:  # deleted between the search and now
                 vanished.append(uid)
                 ctx.log.info("grafana: dashboard %s was deleted during the backup, skipped", uid)
                 continue
-            folder_uid = (answer.get("meta") or {}).get("folderUid") or None
+            folder_uid = _dashboard_folder(answer)
             path = "/".join(["dashboards", *folders.path(folder_uid), f"{_segment(uid)}.json"])
             artifacts.append(ctx.put_artifact(path, _dumps(answer), content_type="application/json"))
             if len(artifacts) % PROGRESS_EVERY == 0:
@@ -721,6 +723,11 @@ class GrafanaComponent(Component):
         message = f"restored by ragvault from the backup of {ctx.date}"
         for path, artifact in sorted(_dashboard_files(ctx, item).items()):
             answer = _read_json(ctx, artifact)
+            if _is_resource(answer):  # a schema-v2 dashboard of Grafana 12, through the API that served it
+                with self._about(item, f"dashboard {_dashboard_uid(answer)} ({answer['apiVersion']}, {path})"):
+                    _put_resource(hook, answer)
+                count += 1
+                continue
             dashboard = {k: v for k, v in answer["dashboard"].items() if k not in ("id", "version")}
             folder_uid = (answer.get("meta") or {}).get("folderUid") or ""
             with self._about(item, f"dashboard {dashboard.get('uid')} ({dashboard.get('title')!r}, {path})"):
@@ -1230,11 +1237,11 @@ class GrafanaComponent(Component):
         problems, seen = [], set()
         for _path, artifact in sorted(_dashboard_files(ctx, item).items()):
             backup = _read_json(ctx, artifact)
-            uid = backup["dashboard"].get("uid")
+            uid = _dashboard_uid(backup)
             seen.add(uid)
-            got = hook.dashboard(uid) if uid else None
+            got = hook.dashboard_any(uid) if uid else None
             if got is None:
-                problems.append(f"dashboard {uid} ({backup['dashboard'].get('title')!r}) is missing")
+                problems.append(f"dashboard {uid} ({_dashboard_title(backup)!r}) is missing")
                 continue
             difference = _difference(_comparable_dashboard(got), _comparable_dashboard(backup))
             if difference:
@@ -1585,8 +1592,51 @@ def _strip_provenance(tree: Any) -> Any:
     return tree
 
 
+def _is_resource(answer: dict[str, Any]) -> bool:
+    """Whether a saved dashboard is a Kubernetes-style resource (schema v2, Grafana 12), not ``{dashboard, meta}``."""
+    return str(answer.get("apiVersion") or "").startswith("dashboard.grafana.app/")
+
+
+def _dashboard_uid(answer: dict[str, Any]) -> str | None:
+    return (answer.get("metadata") or {}).get("name") if _is_resource(answer) else answer["dashboard"].get("uid")
+
+
+def _dashboard_title(answer: dict[str, Any]) -> str | None:
+    return (answer.get("spec") or {}).get("title") if _is_resource(answer) else answer["dashboard"].get("title")
+
+
+def _dashboard_folder(answer: dict[str, Any]) -> str | None:
+    """The uid of the dashboard's folder: the ``grafana.app/folder`` annotation of a resource
+    (pkg/apimachinery/utils/meta.go), ``meta.folderUid`` of the classic answer."""
+    if _is_resource(answer):
+        return ((answer.get("metadata") or {}).get("annotations") or {}).get(FOLDER_ANNOTATION) or None
+    return (answer.get("meta") or {}).get("folderUid") or None
+
+
+def _put_resource(hook: GrafanaHook, answer: dict[str, Any]) -> None:
+    """Create a dashboard resource, or replace it (with the target's ``resourceVersion``): the same name, spec
+    and folder, through the API version it was read with."""
+    metadata = answer.get("metadata") or {}
+    name, namespace = metadata["name"], metadata.get("namespace") or "default"
+    base = f"/apis/{answer['apiVersion']}/namespaces/{quote(namespace, safe='')}/dashboards"
+    folder = _dashboard_folder(answer)
+    body = {"apiVersion": answer["apiVersion"], "kind": "Dashboard",
+            "metadata": {"name": name, **({"annotations": {FOLDER_ANNOTATION: folder}} if folder else {})},
+            "spec": answer.get("spec") or {}}
+    current = hook.get_optional(f"{base}/{quote(name, safe='')}")
+    if current is None:
+        hook.send("POST", base, body, expected=(200, 201, 202))
+    else:
+        body["metadata"]["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
+        hook.send("PUT", f"{base}/{quote(name, safe='')}", body, expected=(200, 201))
+
+
 def _comparable_dashboard(answer: dict[str, Any]) -> dict[str, Any]:
-    """A dashboard's model without ``id`` and ``version``, and the meta fields a restore keeps."""
+    """A dashboard's model without ``id`` and ``version``, and the meta fields a restore keeps (for a resource:
+    its API version, spec and folder)."""
+    if _is_resource(answer):
+        return {"apiVersion": answer.get("apiVersion"), "spec": answer.get("spec"),
+                "folder": _dashboard_folder(answer)}
     meta = answer.get("meta") or {}
     return {
         "dashboard": _without(answer.get("dashboard") or {}, ("id", "version")),

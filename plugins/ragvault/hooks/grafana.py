@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
@@ -316,6 +317,18 @@ class GrafanaHook(ConnectionHook):
         """``GET /api/dashboards/uid/:uid`` (``dashboard`` and ``meta``), ``None`` if it no longer exists."""
         return self.get_optional(f"/api/dashboards/uid/{quote(uid, safe='')}")
 
+    def dashboard_any(self, uid: str) -> dict[str, Any] | None:
+        """The dashboard, whatever its schema: ``{dashboard, meta}`` from the classic API, or for a schema-v2
+        dashboard of Grafana 12 (which the classic API refuses with HTTP 406, naming its ``/apis/...`` URL) the
+        resource that URL serves: ``{apiVersion, kind, metadata, spec}``. ``None`` if it no longer exists."""
+        try:
+            return self.dashboard(uid)
+        except GrafanaError as exc:
+            found = V2_REDIRECT.search(str(exc)) if exc.status == 406 else None
+            if found is None:
+                raise
+            return self.get_optional(found.group(1))
+
     def folder(self, uid: str) -> dict[str, Any] | None:
         """``GET /api/folders/:uid``, ``None`` if it no longer exists."""
         return self.get_optional(f"/api/folders/{quote(uid, safe='')}")
@@ -346,6 +359,9 @@ def _error_text(response: requests.Response) -> str:
         return str(body["message"])
     return str(body)[:300]
 
+
+#: the URL Grafana 12 names when its classic dashboard API refuses a schema-v2 dashboard (pkg/api/dashboard.go)
+V2_REDIRECT = re.compile(r"use (/apis/dashboard\.grafana\.app/[^\s]+/namespaces/[^\s/]+/dashboards/[^\s/]+) instead")
 
 #: Grafana's errors about an alerting object's provenance (a 403 or 409 that no permission cures)
 PROVENANCE_MESSAGE_IDS = ("alerting.notifications.invalidProvenance", "alerting.provenanceMismatch")

@@ -892,3 +892,53 @@ def test_provisioned_alerting_objects_on_the_target_stop_the_restore_before_it_w
         restorer.restore(ctx, "all")
         assert all("provenance" not in rule for rule in provisioning(target, "alert-rules"))
         assert restorer.verify_restore(ctx, "all") == []
+
+
+V2_DASHBOARDS = "/apis/dashboard.grafana.app/v2beta1/namespaces/default/dashboards"
+
+
+def test_a_grafana_12_schema_v2_dashboard_is_backed_up_and_restored_through_the_new_api(
+    tmp_path, connect, make_settings, backed_up, restore_context, restore_target, repo
+):
+    """Grafana 12 refuses a schema-v2 dashboard on /api/dashboards/uid with 406 and names its /apis URL
+    (pkg/api/dashboard.go GetDashboard): the backup follows it and keeps the resource (name, spec, folder
+    annotation); the restore writes it back through the same API version, creating it or replacing it with the
+    target's resourceVersion; the verification compares spec and folder."""
+    with emulator(tmp_path / "grafana12") as source:
+        source.post("/api/folders", {"uid": "rv-v2", "title": "Schema v2"})
+        resource = {
+            "apiVersion": "dashboard.grafana.app/v2beta1", "kind": "Dashboard",
+            "metadata": {"name": "rv-v2-answers", "annotations": {"grafana.app/folder": "rv-v2"}},
+            "spec": {"title": "Answers (schema v2)", "elements": {"panel-1": {"kind": "Panel", "spec": {
+                "id": 1, "title": "Latency"}}}, "layout": {"kind": "GridLayout", "spec": {"items": []}}},
+        }
+        created = source.session.post(source.url + V2_DASHBOARDS, json=resource, timeout=10)
+        assert created.status_code == 201, created.text
+        assert source.session.get(f"{source.url}/api/dashboards/uid/rv-v2-answers", timeout=10).status_code == 406
+        legacy = {"uid": "rv-classic", "title": "Classic", "panels": []}
+        assert source.session.post(source.url + "/api/dashboards/db", json={"dashboard": legacy},
+                                   timeout=10).status_code == 200
+
+        manifest = backed_up(GrafanaComponent(make_settings(connect(source.port, password=TOKEN))))
+        saved = {a["key"].rsplit("/", 1)[-1]: a for a in manifest["artifacts"] if "/dashboards/" in a["key"]}
+        assert set(saved) == {"rv-v2-answers.json", "rv-classic.json"}
+        assert "/dashboards/rv-v2/rv-v2-answers.json" in saved["rv-v2-answers.json"]["key"]
+        stored = json.loads(b"".join(repo.iter_artifact(saved["rv-v2-answers.json"])))
+        assert stored == source.get(f"{V2_DASHBOARDS}/rv-v2-answers")
+
+    with restore_target() as (target, restorer):
+        ctx = restore_context(manifest, "grafana", restorer.settings)
+        restorer.restore(ctx, "all")
+        got = target.get(f"{V2_DASHBOARDS}/rv-v2-answers")
+        assert got["spec"] == resource["spec"]
+        assert got["metadata"]["annotations"]["grafana.app/folder"] == "rv-v2"
+        assert target.get("/api/dashboards/uid/rv-classic")["dashboard"]["title"] == "Classic"
+        assert restorer.verify_restore(ctx, "all") == []
+        # edited on the target: the verification says so, and a second restore replaces it (resourceVersion)
+        edited = dict(got, spec=dict(got["spec"], title="Edited on the target"))
+        assert target.session.put(f"{target.url}{V2_DASHBOARDS}/rv-v2-answers", json=edited,
+                                  timeout=10).status_code == 200
+        assert [p for p in restorer.verify_restore(ctx, "all") if "rv-v2-answers" in p]
+        restorer.restore(ctx, "all")
+        assert target.get(f"{V2_DASHBOARDS}/rv-v2-answers")["spec"]["title"] == "Answers (schema v2)"
+        assert restorer.verify_restore(ctx, "all") == []

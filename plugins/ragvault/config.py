@@ -100,6 +100,7 @@ DEFAULTS: dict[str, Any] = {
             "sqlite_busy_timeout_seconds": 60,
             "tmp_dir": None,
             "restore_files": False,
+            "alerting_provenance": "none",
         },
     },
 }

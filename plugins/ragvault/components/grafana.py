@@ -543,27 +543,29 @@ class GrafanaComponent(Component):
         return [f"Grafana at {hook.base_url} would refuse to overwrite {len(held)} provisioned alerting object(s) "
                 f"of the backup: {'; '.join(held)}. Grafana lets only the tool that provisioned them change them "
                 "(Terraform or the API for provenance api, provisioning files for file): release them there (or "
-                "delete them on the target), or leave grafana out of this restore"]
+                "delete them on the target), set components.grafana.alerting_provenance: keep to write the api ones "
+                "back as api, or leave grafana out of this restore"]
 
     def _provenanced(self, ctx: RestoreContext, hook: GrafanaHook, item: str) -> list[str]:
         """``what (provenance p)`` of each target alerting object the restore would overwrite and cannot."""
         held: list[str] = []
+        allowed = ("", "api") if self.keep_provenance else ("",)
         for kind, path, key in (("notification template", "alerting/templates.json", "name"),
                                 ("mute timing", "alerting/mute_timings.json", "name")):
             wanted = {entry[key] for entry in self._items(ctx, item, path)}
             listing = "templates" if kind.endswith("template") else "mute-timings"
             held += [f"{kind} {entry[key]!r} (provenance {entry['provenance']})"
                      for entry in hook.get(f"{PROVISIONING}/{listing}") or []
-                     if entry.get(key) in wanted and entry.get("provenance")]
+                     if entry.get(key) in wanted and entry.get("provenance") not in (None, *allowed)]
         points = list(self._items(ctx, item, "alerting/contact_points.json"))
         uids, names = {p["uid"] for p in points}, {p["name"] for p in points}
         held += [f"contact point {p.get('name')!r} (uid {p['uid']}, provenance {p['provenance']})"
                  for p in hook.get(f"{PROVISIONING}/contact-points") or []
-                 if (p.get("uid") in uids or p.get("name") in names) and p.get("provenance")]
+                 if (p.get("uid") in uids or p.get("name") in names) and p.get("provenance") not in (None, *allowed)]
         tree = _read_json(ctx, ctx.artifact(item, "alerting/policies.json"))
         if tree and tree.get("receiver"):
             target = hook.get(f"{PROVISIONING}/policies") or {}
-            if target.get("provenance"):
+            if target.get("provenance") not in (None, *allowed):
                 held.append(f"the notification policy tree (provenance {target['provenance']})")
         groups = {(g["folderUid"], g["title"]) for g in self._items(ctx, item, "alerting/rule_groups.json")}
         held += [f"alert rule {r.get('title')!r} (uid {r.get('uid')}, provenance {r['provenance']})"
@@ -599,7 +601,48 @@ class GrafanaComponent(Component):
             raise ComponentError(self.name, item, f"{what}: {exc}") from exc
 
     # -- restore through the HTTP API -----------------------------------------------------------------
+    @property
+    def keep_provenance(self) -> bool:
+        """``components.grafana.alerting_provenance: keep``: objects the target holds with provenance ``api``
+        are written back with it, so that what Terraform (or the API) manages stays managed by it."""
+        value = str(self.config.get("alerting_provenance") or "none").strip().lower()
+        if value not in ("none", "keep"):
+            raise ComponentError(self.name, None, f"alerting_provenance is {value!r}: expected none or keep")
+        return value == "keep"
+
+    def _disable(self, kind: str, key: str) -> bool:
+        """Whether to write this alerting object without provenance (``X-Disable-Provenance``): always, unless
+        ``alerting_provenance`` is ``keep`` and the target holds it with provenance ``api``."""
+        return (kind, key) not in getattr(self, "_keep_api", set())
+
+    def _target_provenance(self, hook: GrafanaHook) -> dict[tuple[str, str], str]:
+        """``(kind, key) -> provenance`` of the target's alerting objects that have one."""
+        found: dict[tuple[str, str], str] = {}
+        for kind, listing, key in (("template", "templates", "name"), ("mute_timing", "mute-timings", "name"),
+                                   ("contact_point", "contact-points", "uid")):
+            for entry in hook.get(f"{PROVISIONING}/{listing}") or []:
+                if entry.get("provenance"):
+                    found[(kind, str(entry.get(key)))] = entry["provenance"]
+                    if kind == "contact_point":
+                        found[("contact_point_name", str(entry.get("name")))] = entry["provenance"]
+        policies = hook.get(f"{PROVISIONING}/policies") or {}
+        if policies.get("provenance"):
+            found[("policies", "")] = policies["provenance"]
+        for rule in hook.get(f"{PROVISIONING}/alert-rules") or []:
+            if rule.get("provenance"):
+                found[("rule", str(rule.get("uid")))] = rule["provenance"]
+                group = ("rule_group", f"{rule.get('folderUID')}/{rule.get('ruleGroup')}")
+                if found.get(group) in (None, "api"):
+                    found[group] = rule["provenance"]
+        return found
+
     def _restore_api(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        if self.keep_provenance:
+            with self.hook() as hook, self._about(item, "the target's alerting objects"):
+                self._keep_api = {key for key, value in self._target_provenance(hook).items() if value == "api"}
+            if self._keep_api:
+                ctx.log.info("grafana: alerting_provenance keep: %d alerting objects of the target keep provenance "
+                             "api: %s", len(self._keep_api), ", ".join(f"{k} {n}" for k, n in sorted(self._keep_api)))
         with self.hook() as hook:
             with self._about(item, "Grafana does not answer"):
                 version = hook.health().get("version")
@@ -752,7 +795,7 @@ class GrafanaComponent(Component):
                     f"{PROVISIONING}/templates/{quote(name, safe='')}",
                     {"template": template.get("template") or ""},
                     expected=(200, 202),
-                    disable_provenance=True,
+                    disable_provenance=self._disable("template", name),
                 )
             count += 1
         return count
@@ -779,7 +822,7 @@ class GrafanaComponent(Component):
                         path,
                         {**body, "version": current.get("version")},
                         expected=(200, 202),
-                        disable_provenance=True,
+                        disable_provenance=self._disable("mute_timing", name),
                     )
             count += 1
         return count
@@ -811,7 +854,7 @@ class GrafanaComponent(Component):
                         f"{PROVISIONING}/contact-points/{quote(uid, safe='')}",
                         body,
                         expected=(200, 202),
-                        disable_provenance=True,
+                        disable_provenance=self._disable("contact_point", uid),
                     )
                     kept = current[uid].get("settings") or {}
                     missing = [key for key in redacted if kept.get(key) != REDACTED]
@@ -827,7 +870,7 @@ class GrafanaComponent(Component):
                         "DELETE",
                         f"{PROVISIONING}/contact-points/{quote(uid, safe='')}",
                         expected=(200, 202, 204),
-                        disable_provenance=True,
+                        disable_provenance=self._disable("contact_point", uid),
                     )
                 ctx.log.info(
                     "grafana: contact point %r: integration %s (%s) removed, the backup does not have it",
@@ -891,7 +934,7 @@ class GrafanaComponent(Component):
                     "PUT",
                     f"{PROVISIONING}/folder/{quote(folder_uid, safe='')}/rule-groups/{quote(title, safe='')}",
                     body,
-                    disable_provenance=True,
+                    disable_provenance=self._disable("rule_group", f"{folder_uid}/{title}"),
                 )
             groups += 1
             rules += len(body["rules"])
@@ -917,7 +960,8 @@ class GrafanaComponent(Component):
             ctx.log.info("grafana: the backup holds no notification policy tree: policies left as they are")
             return 0
         with self._about(item, "notification policy tree"):
-            hook.send("PUT", f"{PROVISIONING}/policies", tree, expected=(200, 202), disable_provenance=True)
+            hook.send("PUT", f"{PROVISIONING}/policies", tree, expected=(200, 202),
+                      disable_provenance=self._disable("policies", ""))
         ctx.log.info("grafana: notification policy tree restored (default receiver %r)", tree.get("receiver"))
         return 1
 

@@ -942,3 +942,46 @@ def test_a_grafana_12_schema_v2_dashboard_is_backed_up_and_restored_through_the_
         restorer.restore(ctx, "all")
         assert target.get(f"{V2_DASHBOARDS}/rv-v2-answers")["spec"]["title"] == "Answers (schema v2)"
         assert restorer.verify_restore(ctx, "all") == []
+
+
+def test_keep_writes_the_targets_api_provisioned_alerting_objects_back_as_api(
+    grafana, connect, make_settings, backed_up, restore_context, restore_target, target_settings
+):
+    """components.grafana.alerting_provenance: keep. Grafana lets an object of provenance api be changed with the
+    same provenance (ValidateProvenanceRelaxed, CanUpdateProvenanceInRuleGroup: stored == provided): the target's
+    Terraform-managed contact point, template and rule group are written back as api, the rest without one."""
+    import dataclasses
+
+    manifest = backed_up(GrafanaComponent(make_settings(connect(grafana.port, password=TOKEN))))
+    source_point = next(p for p in provisioning(grafana, "contact-points") if p["uid"] == "rv-cp-oncall-webhook")
+    source_template = provisioning(grafana, "templates")[0]
+    source_group = grafana.get(f"{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo")
+    with restore_target() as (target, restorer):
+        sent = [
+            target.session.post(f"{target.url}{PROVISIONING}/contact-points",
+                                json={**source_point, "settings": {**source_point["settings"], "url": "http://x"}},
+                                timeout=10),
+            target.session.put(f"{target.url}{PROVISIONING}/templates/{source_template['name']}",
+                               json={"template": "{{ define \"x\" }}old{{ end }}"}, timeout=10),
+            target.session.post(f"{target.url}/api/folders", json={"uid": "rv-quality", "title": "Quality"},
+                                timeout=10),
+            target.session.put(f"{target.url}{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo",
+                               json={**source_group, "rules": [without(r, "id", "provenance")
+                                                               for r in source_group["rules"]]}, timeout=10),
+        ]
+        assert [r.status_code for r in sent] == [202, 202, 200, 200], [r.text for r in sent]
+        data = {**restorer.settings.data}
+        data["components"] = {**data["components"],
+                              "grafana": {**data["components"]["grafana"], "alerting_provenance": "keep"}}
+        keeper = GrafanaComponent(dataclasses.replace(restorer.settings, data=data))
+        ctx = restore_context(manifest, "grafana", keeper.settings)
+        assert keeper.preflight(ctx, "all") == []  # nothing of provenance file
+        keeper.restore(ctx, "all")
+        point = target.get(f"{PROVISIONING}/contact-points")
+        kept = {p["uid"]: p.get("provenance", "") for p in point}
+        assert kept["rv-cp-oncall-webhook"] == "api"
+        template = {t["name"]: t for t in provisioning(target, "templates")}[source_template["name"]]
+        assert template["template"] == source_template["template"] and template.get("provenance") == "api"
+        assert {r.get("provenance") for r in provisioning(target, "alert-rules")} == {"api"}
+        assert all("provenance" not in t for t in provisioning(target, "mute-timings"))  # none before, none now
+        assert keeper.verify_restore(ctx, "all") == []

@@ -200,6 +200,12 @@ def upload_marker_key(key: str, upload_id: str) -> str:
     return f"{UPLOADS_PREFIX}{digest[:32]}.json"
 
 
+def wrong_key(key: str, expected: str | None, cipher: Cipher) -> str:
+    """What to say when an artifact was encrypted with another key than the configured one."""
+    return (f"{key} was encrypted with the key of fingerprint {expected}, but the configured backup key has "
+            f"fingerprint {cipher.key_fingerprint}: the wrong key (set the key the backup was made with)")
+
+
 def parse_manifest(body: bytes, where: str, date: str) -> dict[str, Any]:
     """A manifest from its bytes, checked to be one of this package's for ``date``; :class:`ManifestError`
     naming ``where`` and what is wrong otherwise."""
@@ -529,9 +535,7 @@ class BackupRepository:
                 raise RepositoryError(f"{artifact.key} is encrypted ({artifact.encryption}, key "
                                       f"{artifact.key_fingerprint}): a key is needed to read it")
             if cipher.key_fingerprint != artifact.key_fingerprint:
-                raise RepositoryError(f"{artifact.key} was encrypted with the key of fingerprint "
-                                      f"{artifact.key_fingerprint}, but the configured backup key has fingerprint "
-                                      f"{cipher.key_fingerprint}: the wrong key")
+                raise RepositoryError(wrong_key(artifact.key, artifact.key_fingerprint, cipher))
             chunks = decrypted_chunks(chunks, cipher)
         return decoded_chunks(chunks, artifact.compression)
 
@@ -559,9 +563,7 @@ class BackupRepository:
                     return [f"{key}: encrypted, and no key was given to check it"]
                 expected = artifact.get("key_fingerprint")
                 if expected and cipher.key_fingerprint != expected:
-                    return [f"{key}: encrypted with the key of fingerprint {expected}, but the configured backup key "
-                            f"has fingerprint {cipher.key_fingerprint}: the wrong key (set the key the backup was "
-                            "made with)"]
+                    return [wrong_key(key, expected, cipher)]
                 chunks = decrypted_chunks(chunks, cipher)
             for chunk in decoded_chunks(chunks, artifact.get("compression")):
                 original.update(chunk)

@@ -840,6 +840,21 @@ def test_json_arrays_are_read_item_by_item_across_chunk_boundaries(grafana):
             list(_json_items([broken], "broken.json"))
 
 
+def provision_like_terraform(target: Grafana, point: dict, template: dict, group: dict) -> None:
+    """A contact point, a template and the rule group rag-slo (in its folder) written to the target the way
+    Terraform's Grafana provider does: without X-Disable-Provenance, so they get provenance api."""
+    sent = [
+        target.session.post(f"{target.url}{PROVISIONING}/contact-points", json=point, timeout=10),
+        target.session.put(f"{target.url}{PROVISIONING}/templates/{template['name']}",
+                           json={"template": template["template"]}, timeout=10),
+        target.session.post(f"{target.url}/api/folders", json={"uid": "rv-quality", "title": "Quality"}, timeout=10),
+        target.session.put(f"{target.url}{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo",
+                           json={**group, "rules": [without(r, "id", "provenance") for r in group["rules"]]},
+                           timeout=10),
+    ]
+    assert [r.status_code for r in sent] == [202, 202, 200, 200], [r.text for r in sent]
+
+
 def test_provisioned_alerting_objects_on_the_target_stop_the_restore_before_it_writes(
     grafana, connect, make_settings, backed_up, restore_context, restore_target
 ):
@@ -855,18 +870,7 @@ def test_provisioned_alerting_objects_on_the_target_stop_the_restore_before_it_w
     with restore_target() as (target, restorer):
         ctx = restore_context(manifest, "grafana", restorer.settings)
         assert restorer.preflight(ctx, "all") == []
-        # provisioned the way Terraform does: no X-Disable-Provenance header
-        sent = [
-            target.session.post(f"{target.url}{PROVISIONING}/contact-points", json=source_point, timeout=10),
-            target.session.put(f"{target.url}{PROVISIONING}/templates/{source_template['name']}",
-                               json={"template": source_template["template"]}, timeout=10),
-            target.session.post(f"{target.url}/api/folders", json={"uid": "rv-quality", "title": "Quality"},
-                                timeout=10),
-            target.session.put(f"{target.url}{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo",
-                               json={**source_group, "rules": [without(r, "id", "provenance")
-                                                               for r in source_group["rules"]]}, timeout=10),
-        ]
-        assert [r.status_code for r in sent] == [202, 202, 200, 200], [r.text for r in sent]
+        provision_like_terraform(target, source_point, source_template, source_group)
         assert {r["provenance"] for r in provisioning(target, "alert-rules")} == {"api"}
 
         [problem] = restorer.preflight(ctx, "all")
@@ -957,19 +961,8 @@ def test_keep_writes_the_targets_api_provisioned_alerting_objects_back_as_api(
     source_template = provisioning(grafana, "templates")[0]
     source_group = grafana.get(f"{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo")
     with restore_target() as (target, restorer):
-        sent = [
-            target.session.post(f"{target.url}{PROVISIONING}/contact-points",
-                                json={**source_point, "settings": {**source_point["settings"], "url": "http://x"}},
-                                timeout=10),
-            target.session.put(f"{target.url}{PROVISIONING}/templates/{source_template['name']}",
-                               json={"template": "{{ define \"x\" }}old{{ end }}"}, timeout=10),
-            target.session.post(f"{target.url}/api/folders", json={"uid": "rv-quality", "title": "Quality"},
-                                timeout=10),
-            target.session.put(f"{target.url}{PROVISIONING}/folder/rv-quality/rule-groups/rag-slo",
-                               json={**source_group, "rules": [without(r, "id", "provenance")
-                                                               for r in source_group["rules"]]}, timeout=10),
-        ]
-        assert [r.status_code for r in sent] == [202, 202, 200, 200], [r.text for r in sent]
+        provision_like_terraform(target, {**source_point, "settings": {**source_point["settings"], "url": "http://x"}},
+                                 {**source_template, "template": '{{ define "x" }}old{{ end }}'}, source_group)
         data = {**restorer.settings.data}
         data["components"] = {**data["components"],
                               "grafana": {**data["components"]["grafana"], "alerting_provenance": "keep"}}

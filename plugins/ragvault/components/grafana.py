@@ -89,6 +89,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -548,31 +549,22 @@ class GrafanaComponent(Component):
 
     def _provenanced(self, ctx: RestoreContext, hook: GrafanaHook, item: str) -> list[str]:
         """``what (provenance p)`` of each target alerting object the restore would overwrite and cannot."""
-        held: list[str] = []
         allowed = ("", "api") if self.keep_provenance else ("",)
-        for kind, path, key in (("notification template", "alerting/templates.json", "name"),
-                                ("mute timing", "alerting/mute_timings.json", "name")):
-            wanted = {entry[key] for entry in self._items(ctx, item, path)}
-            listing = "templates" if kind.endswith("template") else "mute-timings"
-            held += [f"{kind} {entry[key]!r} (provenance {entry['provenance']})"
-                     for entry in hook.get(f"{PROVISIONING}/{listing}") or []
-                     if entry.get(key) in wanted and entry.get("provenance") not in (None, *allowed)]
+        templates = {entry["name"] for entry in self._items(ctx, item, "alerting/templates.json")}
+        timings = {entry["name"] for entry in self._items(ctx, item, "alerting/mute_timings.json")}
         points = list(self._items(ctx, item, "alerting/contact_points.json"))
         uids, names = {p["uid"] for p in points}, {p["name"] for p in points}
-        held += [f"contact point {p.get('name')!r} (uid {p['uid']}, provenance {p['provenance']})"
-                 for p in hook.get(f"{PROVISIONING}/contact-points") or []
-                 if (p.get("uid") in uids or p.get("name") in names) and p.get("provenance") not in (None, *allowed)]
         tree = _read_json(ctx, ctx.artifact(item, "alerting/policies.json"))
-        if tree and tree.get("receiver"):
-            target = hook.get(f"{PROVISIONING}/policies") or {}
-            if target.get("provenance") not in (None, *allowed):
-                held.append(f"the notification policy tree (provenance {target['provenance']})")
-        groups = {(g["folderUid"], g["title"]) for g in self._items(ctx, item, "alerting/rule_groups.json")}
-        held += [f"alert rule {r.get('title')!r} (uid {r.get('uid')}, provenance {r['provenance']})"
-                 for r in hook.get(f"{PROVISIONING}/alert-rules") or []
-                 if (r.get("folderUID"), r.get("ruleGroup")) in groups
-                 and r.get("provenance") not in (None, "", "api", "converted_prometheus")]
-        return held
+        groups = {f"{g['folderUid']}/{g['title']}" for g in self._items(ctx, item, "alerting/rule_groups.json")}
+        overwritten = {
+            "template": lambda held: held.key in templates,
+            "mute_timing": lambda held: held.key in timings,
+            "contact_point": lambda held: held.key in uids or held.name in names,
+            "policies": lambda held: bool(tree and tree.get("receiver")),
+            "rule": lambda held: held.group in groups,
+        }
+        return [held.describe() for held in self._target_provenance(hook) if overwritten[held.kind](held)
+                and held.provenance not in (RULE_PROVENANCES_REPLACEABLE if held.kind == "rule" else allowed)]
 
     def verify_restore(self, ctx: RestoreContext, item: str) -> list[str]:
         if self.restore_files and not self._probe().answers():
@@ -615,31 +607,37 @@ class GrafanaComponent(Component):
         ``alerting_provenance`` is ``keep`` and the target holds it with provenance ``api``."""
         return (kind, key) not in getattr(self, "_keep_api", set())
 
-    def _target_provenance(self, hook: GrafanaHook) -> dict[tuple[str, str], str]:
-        """``(kind, key) -> provenance`` of the target's alerting objects that have one."""
-        found: dict[tuple[str, str], str] = {}
-        for kind, listing, key in (("template", "templates", "name"), ("mute_timing", "mute-timings", "name"),
-                                   ("contact_point", "contact-points", "uid")):
-            for entry in hook.get(f"{PROVISIONING}/{listing}") or []:
-                if entry.get("provenance"):
-                    found[(kind, str(entry.get(key)))] = entry["provenance"]
-                    if kind == "contact_point":
-                        found[("contact_point_name", str(entry.get("name")))] = entry["provenance"]
+    def _target_provenance(self, hook: GrafanaHook) -> list[_Provenanced]:
+        """The target's alerting objects that have a provenance."""
+        held: list[_Provenanced] = []
+        for kind, listing, label in (("template", "templates", "notification template"),
+                                     ("mute_timing", "mute-timings", "mute timing")):
+            held += [_Provenanced(kind, entry["name"], entry["name"], entry["provenance"], label)
+                     for entry in hook.get(f"{PROVISIONING}/{listing}") or [] if entry.get("provenance")]
+        held += [_Provenanced("contact_point", str(p.get("uid")), str(p.get("name")), p["provenance"],
+                              "contact point", detail=f"uid {p.get('uid')}")
+                 for p in hook.get(f"{PROVISIONING}/contact-points") or [] if p.get("provenance")]
         policies = hook.get(f"{PROVISIONING}/policies") or {}
         if policies.get("provenance"):
-            found[("policies", "")] = policies["provenance"]
-        for rule in hook.get(f"{PROVISIONING}/alert-rules") or []:
-            if rule.get("provenance"):
-                found[("rule", str(rule.get("uid")))] = rule["provenance"]
-                group = ("rule_group", f"{rule.get('folderUID')}/{rule.get('ruleGroup')}")
-                if found.get(group) in (None, "api"):
-                    found[group] = rule["provenance"]
-        return found
+            held.append(_Provenanced("policies", "", "", policies["provenance"], "the notification policy tree"))
+        held += [_Provenanced("rule", str(r.get("uid")), str(r.get("title")), r["provenance"], "alert rule",
+                              detail=f"uid {r.get('uid')}", group=f"{r.get('folderUID')}/{r.get('ruleGroup')}")
+                 for r in hook.get(f"{PROVISIONING}/alert-rules") or [] if r.get("provenance")]
+        return held
+
+    @staticmethod
+    def _api_managed(held: list[_Provenanced]) -> set[tuple[str, str]]:
+        """``(kind, key)`` of what ``alerting_provenance: keep`` writes back with provenance api: the objects of
+        provenance api, and the rule groups whose provisioned rules are all of provenance api."""
+        keep = {(h.kind, h.key) for h in held if h.kind != "rule" and h.provenance == "api"}
+        rules = [h for h in held if h.kind == "rule"]
+        groups = {h.group for h in rules} - {h.group for h in rules if h.provenance != "api"}
+        return keep | {("rule_group", group) for group in groups}
 
     def _restore_api(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         if self.keep_provenance:
             with self.hook() as hook, self._about(item, "the target's alerting objects"):
-                self._keep_api = {key for key, value in self._target_provenance(hook).items() if value == "api"}
+                self._keep_api = self._api_managed(self._target_provenance(hook))
             if self._keep_api:
                 ctx.log.info("grafana: alerting_provenance keep: %d alerting objects of the target keep provenance "
                              "api: %s", len(self._keep_api), ", ".join(f"{k} {n}" for k, n in sorted(self._keep_api)))
@@ -1634,6 +1632,27 @@ def _strip_provenance(tree: Any) -> Any:
     if isinstance(tree, list):
         return [_strip_provenance(value) for value in tree]
     return tree
+
+
+#: provenances a rule group replace without provenance may overwrite (CanUpdateProvenanceInRuleGroup)
+RULE_PROVENANCES_REPLACEABLE = ("", "api", "converted_prometheus")
+
+
+@dataclass(frozen=True)
+class _Provenanced:
+    """One alerting object of the target that has a provenance."""
+
+    kind: str  # template, mute_timing, contact_point, policies, rule
+    key: str  # what the restore addresses it by: name, uid, "" for the policy tree
+    name: str
+    provenance: str
+    label: str
+    detail: str = ""
+    group: str = ""  # "<folder uid>/<group>" of a rule
+
+    def describe(self) -> str:
+        what = f"{self.label} {self.name!r}" if self.name else self.label
+        return f"{what} ({self.detail + ', ' if self.detail else ''}provenance {self.provenance})"
 
 
 def _is_resource(answer: dict[str, Any]) -> bool:

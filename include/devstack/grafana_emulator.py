@@ -104,6 +104,62 @@ SECURE_CONTACT_POINT_FIELDS: dict[str, tuple[str, ...]] = {
     "wecom": ("url", "secret"),
 }
 
+# Contact point types with no secure field (channels_config.GetSecretKeysForContactPointType knows them too).
+PLAIN_CONTACT_POINT_TYPES = ("email", "teams", "sns", "jira")
+SLACK_API_URL = "https://slack.com/api/chat.postMessage"
+
+
+def integration_error(name: str, uid: str, kind: str, reason: str) -> ApiError:
+    """ErrValidation as the provisioning API answers it (400, ``invalid object specification: ...``), wrapping
+    grafana/alerting's IntegrationValidationError text."""
+    return ApiError(
+        400,
+        f'invalid object specification: failed to validate integration "{name}" (UID {uid}) of type "{kind}": '
+        f"{reason}",
+    )
+
+
+# Core data source plugins: the name and small logo their plugin.json gives (public/app/plugins/datasource/*);
+# Grafana leaves typeLogoUrl empty for a type whose plugin is not installed.
+TYPE_NAMES = {"prometheus": "Prometheus", "loki": "Loki", "tempo": "Tempo", "elasticsearch": "Elasticsearch"}
+TYPE_LOGOS = {
+    "prometheus": "public/app/plugins/datasource/prometheus/img/prometheus_logo.svg",
+    "loki": "public/app/plugins/datasource/loki/img/loki_icon.svg",
+    "tempo": "public/app/plugins/datasource/tempo/img/tempo_logo.svg",
+    "elasticsearch": "public/app/plugins/datasource/elasticsearch/img/elasticsearch.svg",
+}
+
+
+def type_logo_url(kind: str) -> str:
+    return TYPE_LOGOS.get(kind, "")
+
+
+def validate_integration(name: str, uid: str, kind: str, settings: dict) -> None:
+    """What Grafana checks before it stores a contact point (``ValidateContactPoint`` in
+    pkg/services/ngalert/provisioning/contactpoints.go, which builds the receiver with grafana/alerting): the type
+    must be known, and the settings valid for it (secrets included, ``[REDACTED]`` already replaced by the stored
+    secret on an update). Settings are checked here for the types ragvault's tests use, from grafana/alerting's
+    receivers: slack (receivers/slack/config.go), webhook (receivers/webhook/config.go), email
+    (receivers/email/config.go)."""
+    if kind not in SECURE_CONTACT_POINT_FIELDS and kind not in PLAIN_CONTACT_POINT_TYPES:
+        raise integration_error(name, uid, kind, f"notifier {kind} is not supported")
+
+    def text(key: str) -> str:
+        value = settings.get(key)
+        return value.strip() if isinstance(value, str) else ""
+
+    if kind == "slack":
+        url = text("url") or text("endpointUrl") or SLACK_API_URL
+        if url == SLACK_API_URL and not text("recipient"):
+            raise integration_error(name, uid, kind, "recipient must be specified when using the Slack chat API")
+        if url == SLACK_API_URL and not text("token"):
+            raise integration_error(name, uid, kind, "token must be specified when using the Slack chat API")
+    elif kind == "webhook" and not text("url"):
+        raise integration_error(name, uid, kind, "required field 'url' is not specified")
+    elif kind == "email" and not text("addresses"):
+        raise integration_error(name, uid, kind, "could not find addresses in settings")
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS `org` (
     `id` INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, `version` INTEGER NOT NULL, `name` TEXT NOT NULL,
@@ -438,6 +494,87 @@ def format_duration(nanos: int) -> str:
     return out
 
 
+EXPRESSION_DATASOURCE_UIDS = ("__expr__", "-100")  # expr.DatasourceUID and its legacy id
+DEFAULT_MAX_DATA_POINTS = 43200  # models.defaultMaxDataPoints: 12 hours at 1 s
+DEFAULT_INTERVAL_MS = 1000  # models.defaultIntervalMS
+
+
+def go_seconds(seconds: Any) -> str:
+    """Seconds as Go's ``time.Duration.String`` prints them (``10m0s``, ``1h0m0s``, ``0s``)."""
+    total = int(seconds or 0)
+    if total == 0:
+        return "0s"
+    sign, total = ("-", -total) if total < 0 else ("", total)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{sign}{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{sign}{minutes}m{secs}s"
+    return f"{sign}{secs}s"
+
+
+def pre_save_query(query: dict) -> dict:
+    """An alert query as Grafana stores it: ``AlertQuery.PreSave`` (pkg/services/ngalert/models/alert_query.go).
+
+    ``queryType`` is taken from the model when the model has one; the model gains ``maxDataPoints`` 43200 and
+    ``intervalMs`` 1000 when they are missing, zero or not numbers; a data source query (not an expression)
+    needs ``relativeTimeRange.from`` > ``to`` (400 ``alerting.alert-rule.invalidRelativeTime``).
+    """
+    model = copy.deepcopy(query.get("model"))
+    if model is None:
+        model = {}
+    if not isinstance(model, dict):
+        raise ApiError(400, "invalid alert rule: failed to unmarshal query model")
+    query_type = str(query.get("queryType") or "")
+    if "queryType" in model:
+        if not isinstance(model["queryType"], str):
+            raise ApiError(400, f"failed to set query type to query model: failed to get queryType from query "
+                                f"model: {model['queryType']}")
+        query_type = model["queryType"]
+    for key, default in (("maxDataPoints", DEFAULT_MAX_DATA_POINTS), ("intervalMs", DEFAULT_INTERVAL_MS)):
+        value = model.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
+            model[key] = default
+    span = query.get("relativeTimeRange") or {}
+    if not isinstance(span, dict):
+        raise ApiError(400, "invalid alert rule: relativeTimeRange must be an object")
+    start, end = span.get("from") or 0, span.get("to") or 0
+    for value in (start, end):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ApiError(400, f"invalid alert rule: invalid duration {value}")  # Duration.UnmarshalJSON
+    # the AlertQuery struct: these five keys and no others
+    query = {
+        "refId": str(query.get("refId") or ""),
+        "queryType": query_type,
+        "relativeTimeRange": {"from": start, "to": end},
+        "datasourceUid": str(query.get("datasourceUid") or ""),
+        "model": model,
+    }
+    if query["datasourceUid"] not in EXPRESSION_DATASOURCE_UIDS and not start > end:
+        raise errutil_error(
+            400,
+            "alerting.alert-rule.invalidRelativeTime",
+            f"Invalid alert rule query {query.get('refId')}: invalid relative time range "
+            f"[From: {go_seconds(start)}, To: {go_seconds(end)}]",
+        )
+    return query
+
+
+def sync_fields_with_model(model: dict, element_type: str = "", description: str = "") -> tuple[dict, str, str]:
+    """``syncFieldsWithModel`` (pkg/services/libraryelements/database.go): the model's ``type`` and
+    ``description`` win when present; when absent the element's (empty for a new one, the stored ones on a
+    PATCH) are written into the model. Returns the model as stored, and the element's type and description."""
+    model = dict(model)
+    for key, current in (("type", element_type), ("description", description)):
+        value = model.get(key)
+        if value is None:
+            model[key] = current
+        elif not isinstance(value, str):  # Go's unchecked type assertion panics; the recovery answers 500
+            raise ApiError(500, "Internal Server Error")
+    return model, model["type"], model["description"]
+
+
 def walk_routes(route: dict | None) -> Iterator[dict]:
     """Every route of a notification policy tree, depth first (the tree is bounded by its JSON)."""
     stack = [route] if isinstance(route, dict) else []
@@ -445,6 +582,60 @@ def walk_routes(route: dict | None) -> Iterator[dict]:
         node = stack.pop()
         yield node
         stack.extend(child for child in node.get("routes") or [] if isinstance(child, dict))
+
+
+MATCH_TYPES = ("=", "!=", "=~", "!~")  # labels.MatchType order: MatchEqual, MatchNotEqual, MatchRegexp, ...
+ROUTE_DURATIONS = ("group_wait", "group_interval", "repeat_interval")
+
+
+def normalize_route(node: Any, depth: int = 0) -> dict:
+    """A notification policy as Grafana writes it back: the ``Route`` struct of grafana/alerting's
+    definition/compat.go marshalled by encoding/json.
+
+    Keys in struct order, empty ones left out (every field is ``omitempty``: ``continue: false`` disappears),
+    durations re-printed by Prometheus' ``model.Duration`` (``24h`` becomes ``1d``, ``168h`` ``1w``),
+    ``object_matchers`` with surrounding quotes trimmed from values and sorted (``ObjectMatchers.UnmarshalJSON``
+    sorts by name, value, type), unknown keys dropped.
+    """
+    if not isinstance(node, dict):
+        raise ApiError(400, "invalid object specification: a route must be an object")
+    if depth > MAX_TREE_DEPTH:
+        raise ApiError(400, "invalid object specification: the policy tree is too deep")
+    out: dict[str, Any] = {}
+    if node.get("receiver"):
+        out["receiver"] = str(node["receiver"])
+    if node.get("group_by"):
+        out["group_by"] = [str(label) for label in node["group_by"]]
+    for key in ("match", "match_re"):
+        if node.get(key):
+            out[key] = dict(node[key])
+    if node.get("matchers"):
+        out["matchers"] = list(node["matchers"])
+    if node.get("object_matchers"):
+        matchers = []
+        for matcher in node["object_matchers"]:
+            if not isinstance(matcher, list) or len(matcher) != 3:
+                raise ApiError(400, "invalid object specification: a matcher is [name, operator, value]")
+            name, operator, value = (str(part) for part in matcher)
+            if operator not in MATCH_TYPES:
+                raise ApiError(400, f'unsupported match type "{operator}" in matcher')
+            value = value.removeprefix('"').removesuffix('"')
+            matchers.append([name, operator, value])
+        matchers.sort(key=lambda matcher: (matcher[0], matcher[2], MATCH_TYPES.index(matcher[1])))
+        out["object_matchers"] = matchers
+    for key in ("mute_time_intervals", "active_time_intervals"):
+        if node.get(key):
+            out[key] = [str(name) for name in node[key]]
+    if node.get("continue"):
+        out["continue"] = True
+    if node.get("routes"):
+        out["routes"] = [normalize_route(child, depth + 1) for child in node["routes"]]
+    for key in ROUTE_DURATIONS:
+        if node.get(key) not in (None, ""):
+            out[key] = format_duration(parse_duration(node[key], key))
+    if node.get("provenance"):
+        out["provenance"] = str(node["provenance"])
+    return out
 
 
 def strip_route_provenance(route: dict) -> dict:
@@ -530,7 +721,9 @@ class GrafanaState:
         token: str | None = None,
         admin_user: str = "admin",
         admin_password: str = "admin",
+        hide_version: bool = False,
     ) -> None:
+        self.hide_version = hide_version
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "grafana.db"
@@ -584,6 +777,7 @@ class GrafanaState:
             "[database]\n"
             "type = sqlite3\n"
             "path = grafana.db\n"
+            + ("\n[auth.anonymous]\nhide_version = true\n" if self.hide_version else "")
         )
 
     def _bootstrap(self, admin_user: str, admin_password: str, token: str | None) -> None:
@@ -763,8 +957,18 @@ class GrafanaState:
     # -- misc ------------------------------------------------------------------------------------------------
 
     def health(self, _req: Request) -> tuple[int, Any]:
-        self.one("SELECT 1")
-        return 200, {"commit": "ragvault-emulator", "database": "ok", "version": GRAFANA_VERSION}
+        """apiHealthHandler (pkg/api/http_server.go): ``database`` first; ``version`` and ``commit`` only
+        without ``[auth.anonymous] hide_version``; 503 with ``database: failing`` when the database does not
+        answer."""
+        try:
+            self.one("SELECT 1")
+            database, status = "ok", 200
+        except sqlite3.Error:
+            database, status = "failing", 503
+        answer = {"database": database}
+        if not self.hide_version:
+            answer.update(version=GRAFANA_VERSION, commit="ragvault-emulator")
+        return status, answer
 
     def get_org(self, _req: Request) -> tuple[int, Any]:
         row = self.one("SELECT * FROM org WHERE id = ?", ORG_ID)
@@ -867,14 +1071,14 @@ class GrafanaState:
             "canEdit": True,
             "canAdmin": True,
             "canDelete": True,
+            "canCreate": True,
             "createdBy": self._login_of(row["created_by"]),
             "created": api_time(row["created"]),
             "updatedBy": self._login_of(row["updated_by"]),
             "updated": api_time(row["updated"]),
             "version": row["version"] or 1,
         }
-        if row["description"]:
-            dto["description"] = row["description"]
+        # dtos.Folder (pkg/api/dtos/folder.go) has no description: Grafana stores it and never returns it here
         if row["parent_uid"]:
             dto["parentUid"] = row["parent_uid"]
             if with_parents:
@@ -1308,24 +1512,30 @@ class GrafanaState:
                 "data": jdumps(data),
             },
         )
+        # pkg/api/dashboard.go (postDashboard): library panels are connected after the dashboard is saved;
+        # connectElementsToDashboardID (pkg/services/libraryelements/database.go) fails on the first uid that
+        # is not a library element and its transaction keeps the old connections: the dashboard stays saved,
+        # the answer is 500.
+        elements = [
+            self.one("SELECT id FROM library_element WHERE org_id = ? AND uid = ?", ORG_ID, element_uid)
+            for element_uid in sorted(self._library_panel_uids(data))
+        ]
+        if any(element is None for element in elements):
+            return 500, {"message": "Error while connecting library panels"}
         self.db.execute(
             "DELETE FROM library_element_connection WHERE kind = 1 AND connection_id = ?", (dashboard_id,)
         )
-        for element_uid in self._library_panel_uids(data):
-            element = self.one(
-                "SELECT id FROM library_element WHERE org_id = ? AND uid = ?", ORG_ID, element_uid
+        for element in elements:
+            self.insert(
+                "library_element_connection",
+                {
+                    "element_id": element["id"],
+                    "kind": 1,
+                    "connection_id": dashboard_id,
+                    "created": now,
+                    "created_by": req.user_id,
+                },
             )
-            if element is not None:
-                self.insert(
-                    "library_element_connection",
-                    {
-                        "element_id": element["id"],
-                        "kind": 1,
-                        "connection_id": dashboard_id,
-                        "created": now,
-                        "created_by": req.user_id,
-                    },
-                )
         return 200, {
             "id": dashboard_id,
             "uid": uid,
@@ -1500,6 +1710,8 @@ class GrafanaState:
 
     @staticmethod
     def _datasource_dto(row: sqlite3.Row) -> dict:
+        """dtos.DataSource (pkg/api/dtos/datasource.go): no password fields (they went to secureJsonData), the
+        plugin's logo as typeLogoUrl."""
         secure = jloads(row["secure_json_data"], {})
         return {
             "id": row["id"],
@@ -1507,15 +1719,13 @@ class GrafanaState:
             "orgId": row["org_id"],
             "name": row["name"],
             "type": row["type"],
-            "typeLogoUrl": "",
+            "typeLogoUrl": type_logo_url(row["type"]),
             "access": row["access"],
             "url": row["url"],
-            "password": "",
             "user": row["user"] or "",
             "database": row["database"] or "",
             "basicAuth": bool(row["basic_auth"]),
             "basicAuthUser": row["basic_auth_user"] or "",
-            "basicAuthPassword": "",
             "withCredentials": bool(row["with_credentials"]),
             "isDefault": bool(row["is_default"]),
             "jsonData": jloads(row["json_data"], {}),
@@ -1537,8 +1747,8 @@ class GrafanaState:
                     "orgId": row["org_id"],
                     "name": row["name"],
                     "type": row["type"],
-                    "typeName": row["type"],
-                    "typeLogoUrl": "",
+                    "typeName": TYPE_NAMES.get(row["type"], row["type"]),
+                    "typeLogoUrl": type_logo_url(row["type"]),
                     "access": row["access"],
                     "url": row["url"],
                     "user": row["user"] or "",
@@ -1769,6 +1979,7 @@ class GrafanaState:
         validate_uid(uid)
         folder_uid, folder_id = self._library_folder(body, None)
         self._check_library_unique(uid, name, kind, folder_uid)
+        model, element_type, description = sync_fields_with_model(model)
         now = db_time()
         element_id = self.insert(
             "library_element",
@@ -1779,8 +1990,8 @@ class GrafanaState:
                 "uid": uid,
                 "name": name,
                 "kind": kind,
-                "type": str(model.get("type") or ""),
-                "description": str(model.get("description") or ""),
+                "type": element_type,
+                "description": description,
                 "model": jdumps(model),
                 "created": now,
                 "created_by": req.user_id,
@@ -1809,6 +2020,7 @@ class GrafanaState:
         validate_uid(uid)
         folder_uid, folder_id = self._library_folder(body, row["folder_uid"])
         self._check_library_unique(uid, name, kind, folder_uid, exclude_id=row["id"])
+        model, element_type, description = sync_fields_with_model(model, row["type"], row["description"])
         self.update(
             "library_element",
             row["id"],
@@ -1817,8 +2029,8 @@ class GrafanaState:
                 "name": name,
                 "folder_uid": folder_uid,
                 "folder_id": folder_id,
-                "type": str(model.get("type") or ""),
-                "description": str(model.get("description") or ""),
+                "type": element_type,
+                "description": description,
                 "model": jdumps(model),
                 "updated": db_time(),
                 "updated_by": req.user_id,
@@ -1879,8 +2091,6 @@ class GrafanaState:
             "execErrState": row["exec_err_state"],
             "for": format_duration(row["for"]),
         }
-        if row["keep_firing_for"]:
-            dto["keep_firing_for"] = format_duration(row["keep_firing_for"])
         for key in ("annotations", "labels"):
             value = jloads(row[key], {})
             if value:
@@ -1889,12 +2099,11 @@ class GrafanaState:
         if provenance:
             dto["provenance"] = provenance
         dto["isPaused"] = bool(row["is_paused"])
-        settings = jloads(row["notification_settings"], None)
-        if settings:
-            dto["notification_settings"] = settings
-        record = jloads(row["record"], None)
-        if record:
-            dto["record"] = record
+        # ProvisionedAlertRule (pkg/services/ngalert/api/tooling/definitions/provisioning_alert_rules.go):
+        # keep_firing_for, notification_settings and record carry no omitempty: always present, null when unset.
+        dto["keep_firing_for"] = format_duration(row["keep_firing_for"] or 0)
+        dto["notification_settings"] = jloads(row["notification_settings"], None) or None
+        dto["record"] = jloads(row["record"], None) or None
         if row["missing_series_evals_to_resolve"] is not None:
             dto["missingSeriesEvalsToResolve"] = row["missing_series_evals_to_resolve"]
         return dto
@@ -1919,6 +2128,7 @@ class GrafanaState:
         data = body.get("data")
         if not isinstance(data, list) or not data or not all(isinstance(query, dict) for query in data):
             raise ApiError(400, "invalid alert rule: at least one query or expression is required in data")
+        data = [pre_save_query(query) for query in data]
         record = body.get("record") or None
         condition = str(body.get("condition") or "")
         no_data = str(body.get("noDataState") or "")
@@ -2281,12 +2491,14 @@ class GrafanaState:
         return name, kind, settings
 
     @staticmethod
-    def _split_secrets(kind: str, settings: dict, stored: dict[str, str]) -> tuple[dict, dict]:
-        """Plain settings and base64 secure settings; a ``[REDACTED]`` value keeps the stored secret."""
+    def _split_secrets(kind: str, settings: dict, stored: dict[str, str] | None) -> tuple[dict, dict]:
+        """Plain settings and base64 secure settings. On an update (``stored`` given) a ``[REDACTED]`` value keeps
+        the stored secret; on a create there is none, and Grafana stores the text itself
+        (RemoveSecretsForContactPoint keeps every non-empty value)."""
         plain, secure = dict(settings), {}
         for key in SECURE_CONTACT_POINT_FIELDS.get(kind, ()):
             value = plain.pop(key, None)
-            if value == REDACTED:
+            if value == REDACTED and stored is not None:
                 if key in stored:
                     secure[key] = stored[key]
             elif value not in (None, ""):
@@ -2339,12 +2551,13 @@ class GrafanaState:
         name, kind, settings = self._validate_contact_point(body)
         uid = str(body.get("uid") or "") or new_uid()
         validate_uid(uid, "invalid object specification: uid contains illegal characters")
+        validate_integration(name, uid, kind, settings)  # a "[REDACTED]" text is a value like any other here
         config = self._am_load()
         if any(integration["uid"] == uid for _, integration in self._integrations(config)):
             raise ApiError(
                 400, f"invalid object specification: contact point with uid '{uid}' already exists"
             )
-        plain, secure = self._split_secrets(kind, settings, {})
+        plain, secure = self._split_secrets(kind, settings, None)
         integration = {
             "uid": uid,
             "name": name,
@@ -2376,8 +2589,14 @@ class GrafanaState:
         if found is None:
             raise ApiError(404, "contact point not found")
         old_receiver, integration = found
-        check_provenance(self._provenance("contactPoint", uid), req.provenance)
         stored_secrets = integration.get("secureSettings") or {} if integration["type"] == kind else {}
+        # UpdateContactPoint: "[REDACTED]" takes the stored secret, then the merged settings are validated
+        merged = {
+            key: unb64(stored_secrets[key]) if value == REDACTED and key in stored_secrets else value
+            for key, value in settings.items()
+        }
+        validate_integration(name, uid, kind, merged)
+        check_provenance(self._provenance("contactPoint", uid), req.provenance)
         plain, secure = self._split_secrets(kind, settings, stored_secrets)
         integration.update(
             {
@@ -2449,7 +2668,7 @@ class GrafanaState:
             item.get("name")
             for item in (am.get("mute_time_intervals") or []) + (am.get("time_intervals") or [])
         }
-        route = strip_route_provenance(body)
+        route = normalize_route(strip_route_provenance(body))
         for node in walk_routes(route):
             if node.get("receiver") and node["receiver"] not in receivers:
                 raise ApiError(
@@ -2863,9 +3082,12 @@ def make_server(
     token: str | None = None,
     admin_user: str = "admin",
     admin_password: str = "admin",
+    hide_version: bool = False,
 ) -> GrafanaHTTPServer:
     """A ready-to-serve emulator (port 0 picks a free port: see ``server.server_address``)."""
-    state = GrafanaState(data_dir, token=token, admin_user=admin_user, admin_password=admin_password)
+    state = GrafanaState(
+        data_dir, token=token, admin_user=admin_user, admin_password=admin_password, hide_version=hide_version
+    )
     try:
         return GrafanaHTTPServer((host, port), state)
     except OSError:
@@ -2891,6 +3113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="a service account token accepted as 'Authorization: Bearer TOKEN'")
     parser.add_argument("--admin-user", default="admin", help="admin login created on first start")
     parser.add_argument("--admin-password", default="admin", help="admin password set on first start")
+    parser.add_argument(
+        "--hide-version", action="store_true", help="as [auth.anonymous] hide_version: /api/health omits the version"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -2901,6 +3126,7 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token,
         admin_user=args.admin_user,
         admin_password=args.admin_password,
+        hide_version=args.hide_version,
     )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     log.info(

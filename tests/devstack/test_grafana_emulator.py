@@ -611,6 +611,15 @@ def test_library_panels_round_trip(grafana):
 # -- alerting provisioning -----------------------------------------------------------------------------------
 
 
+def as_grafana_stores(rule: dict) -> dict:
+    """A rule body as Grafana answers it back: every query model with intervalMs and maxDataPoints
+    (AlertQuery.PreSave), keep_firing_for, notification_settings and record always present."""
+    data = [
+        dict(query, model={"intervalMs": 1000, "maxDataPoints": 43200, **query["model"]}) for query in rule["data"]
+    ]
+    return {"keep_firing_for": "0s", "notification_settings": None, "record": None, **rule, "data": data}
+
+
 def test_alert_rules_and_rule_groups_round_trip(grafana):
     home = folder(grafana, uid("Alerts"))
     group = uid("group")
@@ -618,7 +627,7 @@ def test_alert_rules_and_rule_groups_round_trip(grafana):
     created = grafana.ok("POST", "/api/v1/provisioning/alert-rules", 201, json=body)
     assert created["provenance"] == "api" and created["orgID"] == 1 and created["id"] > 0
     got = grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{body['uid']}")
-    assert without(got, "id", "orgID", "updated", "provenance") == body
+    assert without(got, "id", "orgID", "updated", "provenance") == as_grafana_stores(body)
     assert any(rule["uid"] == body["uid"] for rule in grafana.ok("GET", "/api/v1/provisioning/alert-rules"))
 
     updated = grafana.ok(
@@ -844,7 +853,8 @@ def test_policies_mute_timings_and_templates_round_trip(grafana):
     assert grafana.ok("PUT", "/api/v1/provisioning/policies", 202, json=tree) == {
         "message": "policies updated"
     }
-    assert grafana.ok("GET", "/api/v1/provisioning/policies") == dict(tree, provenance="api")
+    stored = {**tree, "routes": [without(tree["routes"][0], "continue")], "provenance": "api"}
+    assert grafana.ok("GET", "/api/v1/provisioning/policies") == stored  # continue is omitempty
     assert grafana.fails("PUT", "/api/v1/provisioning/policies", 400, json=dict(tree, receiver="nobody"))[
         "message"
     ]
@@ -1035,3 +1045,209 @@ def test_a_v2_dashboard_is_refused_by_the_legacy_api_and_served_by_the_new_one(g
     assert grafana.fails("GET", f"/apis/dashboard.grafana.app/v2beta1/namespaces/org-2/dashboards/{name}",
                          404)["reason"] == "NotFound"
     grafana.ok("DELETE", f"/api/dashboards/uid/{name}")
+
+
+# -- Grafana's own shapes and checks (each test names the upstream source it reproduces) ---------------------
+
+
+def test_alert_queries_are_stored_the_way_alert_query_presave_leaves_them(grafana):
+    """pkg/services/ngalert/models/alert_query.go (AlertQuery.PreSave, InitDefaults): every query model gains
+    intervalMs 1000 and maxDataPoints 43200 when they are missing or zero, queryType is read from the model,
+    unknown query keys are dropped (the AlertQuery struct), and a data source query needs from > to
+    (errors.go: 400 alerting.alert-rule.invalidRelativeTime)."""
+    home = folder(grafana, uid("PreSave"))
+    query = {
+        "refId": "A",
+        "relativeTimeRange": {"from": 300, "to": 0},
+        "datasourceUid": "prom-uid",
+        "model": {"refId": "A", "expr": "up", "intervalMs": 0, "queryType": "range"},
+        "unknownKey": "dropped",
+    }
+    expression = {"refId": "B", "datasourceUid": "__expr__", "model": {"type": "math", "expression": "$A > 0"}}
+    body = alert_rule(home["uid"], uid("g"), "Defaults", data=[query, expression])
+    created = grafana.ok("POST", "/api/v1/provisioning/alert-rules", 201, json=body)
+    stored = grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{created['uid']}")["data"]
+    assert stored == [
+        {
+            "refId": "A",
+            "queryType": "range",
+            "relativeTimeRange": {"from": 300, "to": 0},
+            "datasourceUid": "prom-uid",
+            "model": {"refId": "A", "expr": "up", "intervalMs": 1000, "queryType": "range", "maxDataPoints": 43200},
+        },
+        {
+            "refId": "B",
+            "queryType": "",
+            "relativeTimeRange": {"from": 0, "to": 0},  # an expression needs no time range
+            "datasourceUid": "__expr__",
+            "model": {"type": "math", "expression": "$A > 0", "intervalMs": 1000, "maxDataPoints": 43200},
+        },
+    ]
+    # stable: what Grafana answered, sent back, is stored unchanged
+    grafana.ok("PUT", f"/api/v1/provisioning/alert-rules/{created['uid']}", json=without(created, "id"))
+    assert grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{created['uid']}")["data"] == stored
+
+    flat = dict(query, relativeTimeRange={"from": 0, "to": 0})
+    refused = grafana.fails(
+        "POST", "/api/v1/provisioning/alert-rules", 400,
+        json=alert_rule(home["uid"], uid("g"), "No range", data=[flat, expression]),
+    )
+    assert refused["messageId"] == "alerting.alert-rule.invalidRelativeTime"
+    assert refused["message"] == "Invalid alert rule query A: invalid relative time range [From: 0s, To: 0s]"
+
+
+def test_provisioned_alert_rules_always_carry_keep_firing_for_record_and_notification_settings(grafana):
+    """pkg/services/ngalert/api/tooling/definitions/provisioning_alert_rules.go (ProvisionedAlertRule):
+    keep_firing_for (model.Duration), notification_settings and record have no omitempty: a rule without them
+    answers "0s", null and null; annotations, labels, provenance and missingSeriesEvalsToResolve are
+    omitempty."""
+    home = folder(grafana, uid("Shape"))
+    bare = without(alert_rule(home["uid"], uid("g"), "Bare"), "annotations", "labels")
+    created = grafana.ok("POST", "/api/v1/provisioning/alert-rules", 201, json=bare)
+    got = grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{created['uid']}")
+    assert (got["keep_firing_for"], got["notification_settings"], got["record"]) == ("0s", None, None)
+    assert not {"annotations", "labels", "missingSeriesEvalsToResolve"} & set(got)
+    settings = {"receiver": "grafana-default-email", "group_by": ["alertname"]}
+    grafana.ok(
+        "PUT", f"/api/v1/provisioning/alert-rules/{created['uid']}",
+        json=dict(without(got, "id"), keep_firing_for="90s", notification_settings=settings),
+    )
+    changed = grafana.ok("GET", f"/api/v1/provisioning/alert-rules/{created['uid']}")
+    assert changed["keep_firing_for"] == "1m30s" and changed["notification_settings"] == settings
+
+
+def test_policies_are_written_back_as_grafanas_route_struct(grafana):
+    """grafana/alerting definition/compat.go (Route): continue is omitempty (false disappears), durations are
+    Prometheus model.Duration (24h prints 1d, 168h 1w, 90m 1h30m), empty lists are left out, object_matchers
+    lose surrounding quotes and are sorted by name, value, type (ObjectMatchers.UnmarshalJSON)."""
+    tree = {
+        "receiver": "grafana-default-email",
+        "group_by": ["alertname"],
+        "group_wait": "30s",
+        "repeat_interval": "24h",
+        "routes": [
+            {
+                "receiver": "grafana-default-email",
+                "object_matchers": [["team", "=", '"rag"'], ["env", "!=", "dev"]],
+                "continue": False,
+                "group_interval": "90m",
+                "mute_time_intervals": [],
+            },
+            {"receiver": "grafana-default-email", "continue": True, "repeat_interval": "168h"},
+        ],
+    }
+    grafana.ok("PUT", "/api/v1/provisioning/policies", 202, json=tree)
+    assert without(grafana.ok("GET", "/api/v1/provisioning/policies"), "provenance") == {
+        "receiver": "grafana-default-email",
+        "group_by": ["alertname"],
+        "routes": [
+            {
+                "receiver": "grafana-default-email",
+                "object_matchers": [["env", "!=", "dev"], ["team", "=", "rag"]],
+                "group_interval": "1h30m",
+            },
+            {"receiver": "grafana-default-email", "continue": True, "repeat_interval": "1w"},
+        ],
+        "group_wait": "30s",
+        "repeat_interval": "1d",
+    }
+    bad = dict(tree, routes=[{"receiver": "grafana-default-email", "object_matchers": [["a", "~", "b"]]}])
+    assert "unsupported match type" in grafana.fails("PUT", "/api/v1/provisioning/policies", 400, json=bad)["message"]
+    grafana.ok("DELETE", "/api/v1/provisioning/policies", 202)
+
+
+def test_library_element_models_gain_type_and_description(grafana):
+    """pkg/services/libraryelements/database.go (syncFieldsWithModel): the model's type and description win;
+    when absent, the element's (empty on create, the stored ones on PATCH) are written into the model."""
+    created = grafana.ok(
+        "POST", "/api/library-elements",
+        json={"uid": uid("lp"), "name": "Bare", "kind": 1, "model": {"title": "Bare", "gridPos": {"h": 4}}},
+    )["result"]
+    assert created["model"] == {"title": "Bare", "gridPos": {"h": 4}, "type": "", "description": ""}
+    assert (created["type"], created["description"]) == ("", "")
+    typed = grafana.ok(
+        "PATCH", f"/api/library-elements/{created['uid']}",
+        json={"version": 1, "kind": 1, "model": {"title": "Bare", "type": "stat", "description": "d"}},
+    )["result"]
+    assert (typed["type"], typed["description"]) == ("stat", "d")
+    kept = grafana.ok(
+        "PATCH", f"/api/library-elements/{created['uid']}",
+        json={"version": 2, "kind": 1, "model": {"title": "Bare again"}},
+    )["result"]
+    assert kept["model"] == {"title": "Bare again", "type": "stat", "description": "d"}
+
+
+def test_a_dashboard_using_a_missing_library_panel_is_saved_and_answered_500(grafana):
+    """pkg/api/dashboard.go (postDashboard): the dashboard is saved first, then ConnectLibraryPanelsForDashboard
+    fails on a uid that is no library element (pkg/services/libraryelements/database.go,
+    connectElementsToDashboardID) and the answer is 500 "Error while connecting library panels"."""
+    model = dashboard_model("Dangling")
+    model["panels"].append({"id": 2, "gridPos": {"h": 8, "w": 12, "x": 12, "y": 0},
+                            "libraryPanel": {"uid": "no-such-library-panel", "name": "Gone"}})
+    answer = grafana.fails("POST", "/api/dashboards/db", 500, json={"dashboard": model})
+    assert answer == {"message": "Error while connecting library panels"}
+    saved = grafana.ok("GET", f"/api/dashboards/uid/{model['uid']}")["dashboard"]
+    assert saved["panels"][1]["libraryPanel"]["uid"] == "no-such-library-panel"
+
+
+def test_contact_points_are_validated_like_grafana(grafana):
+    """pkg/services/ngalert/provisioning/contactpoints.go (CreateContactPoint, UpdateContactPoint:
+    ValidateContactPoint before anything is stored, ErrValidation answered 400) with grafana/alerting's
+    receivers: a Slack point needs a url, or a token and a recipient (receivers/slack/config.go); a webhook a
+    url (receivers/webhook/config.go); an email point addresses (receivers/email/config.go); an unknown type is
+    refused. A "[REDACTED]" text is a value like any other on create; on update it stands for the stored
+    secret."""
+    path = "/api/v1/provisioning/contact-points"
+    refused = {
+        "slack": ({"recipient": "#rag"}, "token must be specified when using the Slack chat API"),
+        "webhook": ({"httpMethod": "POST"}, "required field 'url' is not specified"),
+        "email": ({"singleEmail": True}, "could not find addresses in settings"),
+        "carrier-pigeon": ({"loft": "roof"}, "notifier carrier-pigeon is not supported"),
+    }
+    for kind, (settings, reason) in refused.items():
+        message = grafana.fails("POST", path, 400, json={"name": uid("cp"), "type": kind, "settings": settings})[
+            "message"
+        ]
+        assert message.startswith("invalid object specification: failed to validate integration") and reason in message
+    assert grafana.fails(
+        "POST", path, 400, json={"name": uid("cp"), "type": "slack", "settings": {}}
+    )["message"].endswith("recipient must be specified when using the Slack chat API")
+    slack = grafana.ok(
+        "POST", path, 202, json={"name": uid("cp"), "type": "slack", "settings": {"url": "[REDACTED]"}}
+    )
+    point = {"uid": slack["uid"], "name": slack["name"], "type": "slack",
+             "settings": {"url": "https://hooks.slack.example/T0/B0"}}
+    grafana.ok("PUT", f"{path}/{slack['uid']}", 202, json=point)
+    redacted = dict(point, settings={"url": "[REDACTED]", "title": "kept secret"})
+    grafana.ok("PUT", f"{path}/{slack['uid']}", 202, json=redacted)  # the stored url stands in
+    grafana.fails("PUT", f"{path}/{slack['uid']}", 400, json=dict(point, settings={"recipient": "#rag"}))
+    grafana.ok("DELETE", f"{path}/{slack['uid']}", 202)
+
+
+def test_data_source_and_folder_records_have_grafanas_fields(grafana):
+    """pkg/api/dtos/datasource.go (DataSource): no password or basicAuthPassword field, typeLogoUrl from the
+    plugin; pkg/api/dtos/folder.go (Folder): canCreate, and no description."""
+    name = uid("Prom")
+    created = grafana.ok("POST", "/api/datasources", json={
+        "uid": uid("ds"), "name": name, "type": "prometheus", "url": "http://127.0.0.1:9", "access": "proxy",
+    })["datasource"]
+    got = grafana.ok("GET", f"/api/datasources/uid/{created['uid']}")
+    assert not {"password", "basicAuthPassword"} & set(got)
+    assert got["typeLogoUrl"] == "public/app/plugins/datasource/prometheus/img/prometheus_logo.svg"
+    listed = next(item for item in grafana.ok("GET", "/api/datasources") if item["uid"] == created["uid"])
+    assert (listed["typeName"], listed["typeLogoUrl"]) == ("Prometheus", got["typeLogoUrl"])
+    made = grafana.ok("POST", "/api/folders", json={"uid": uid("f"), "title": uid("Described"),
+                                                     "description": "not shown"})
+    shown = grafana.ok("GET", f"/api/folders/{made['uid']}")
+    assert shown["canCreate"] is True and "description" not in shown and "description" not in made
+
+
+def test_health_hides_the_version_when_grafana_is_told_to(tmp_path):
+    """pkg/api/http_server.go (apiHealthHandler, healthResponse): database first, then version and commit,
+    both left out when [auth.anonymous] hide_version is set."""
+    with running(tmp_path / "hidden", token=TOKEN, hide_version=True) as hidden:
+        assert requests.get(hidden.base + "/api/health", timeout=10).json() == {"database": "ok"}
+        assert "hide_version = true" in (hidden.data_dir / "grafana.ini").read_text()
+    with running(tmp_path / "shown", token=TOKEN) as shown:
+        answer = requests.get(shown.base + "/api/health", timeout=10).json()
+        assert list(answer) == ["database", "version", "commit"]

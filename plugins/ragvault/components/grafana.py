@@ -186,7 +186,8 @@ class GrafanaComponent(Component):
             try:
                 health = hook.health()
                 version = health.get("version")
-                ctx.log.info("grafana %s at %s (database %s)", version, hook.base_url, health.get("database"))
+                ctx.log.info("grafana %s at %s (database %s)", _version_text(health), hook.base_url,
+                             health.get("database"))
                 captured_at = utcnow_iso()
                 artifacts: list[Artifact] = []
                 details: dict[str, Any] = {"grafana_version": version, "database": self.database_kind}
@@ -643,7 +644,7 @@ class GrafanaComponent(Component):
                              "api: %s", len(self._keep_api), ", ".join(f"{k} {n}" for k, n in sorted(self._keep_api)))
         with self.hook() as hook:
             with self._about(item, "Grafana does not answer"):
-                version = hook.health().get("version")
+                version = _version_text(hook.health())
             ctx.log.info(
                 "grafana: restoring the API export of %s onto grafana %s at %s",
                 ctx.date,
@@ -771,17 +772,44 @@ class GrafanaComponent(Component):
                 continue
             dashboard = {k: v for k, v in answer["dashboard"].items() if k not in ("id", "version")}
             folder_uid = (answer.get("meta") or {}).get("folderUid") or ""
-            with self._about(item, f"dashboard {dashboard.get('uid')} ({dashboard.get('title')!r}, {path})"):
-                hook.send(
-                    "POST",
-                    "/api/dashboards/db",
-                    {"dashboard": dashboard, "folderUid": folder_uid, "overwrite": True, "message": message},
-                )
+            what = f"dashboard {dashboard.get('uid')} ({dashboard.get('title')!r}, {path})"
+            with self._about(item, what):
+                try:
+                    hook.send(
+                        "POST",
+                        "/api/dashboards/db",
+                        {"dashboard": dashboard, "folderUid": folder_uid, "overwrite": True, "message": message},
+                    )
+                except GrafanaError as exc:
+                    self._dangling_library_panels(ctx, hook, what, dashboard, exc)
             count += 1
             if count % PROGRESS_EVERY == 0:
                 ctx.log.info("grafana: %d dashboards restored", count)
         ctx.log.info("grafana: %d dashboards restored", count)
         return count
+
+    @staticmethod
+    def _dangling_library_panels(
+        ctx: RestoreContext, hook: GrafanaHook, what: str, dashboard: dict[str, Any], exc: GrafanaError
+    ) -> None:
+        """Grafana saves a dashboard, then connects its library panels, and answers 500 "Error while connecting
+        library panels" when one of them does not exist (pkg/api/dashboard.go). A source Grafana can hold such a
+        dashboard (imported, or its library panel deleted); the backup then has no such panel either. The
+        restore gives the same state: the dashboard is saved, the panels named in a warning. Any other failure,
+        or a 500 while every library panel exists, is raised."""
+        used = _library_panel_uids(dashboard)
+        if exc.status != 500 or not used:
+            raise exc
+        missing = sorted(
+            uid for uid in used if hook.get_optional(f"/api/library-elements/{quote(uid, safe='')}") is None
+        )
+        if not missing:
+            raise exc
+        ctx.log.warning(
+            "grafana: %s saved, but Grafana could not connect its library panels: %s exist neither in the "
+            "backup nor on the target (the source held the dashboard with the same missing panels)",
+            what, ", ".join(missing),
+        )
 
     def _restore_templates(self, ctx: RestoreContext, hook: GrafanaHook, item: str) -> int:
         count = 0
@@ -1618,6 +1646,26 @@ def _dashboard_files(ctx: RestoreContext, item: str) -> dict[str, dict[str, Any]
         for path, artifact in ctx.artifacts(item).items()
         if path.startswith("dashboards/") and path.endswith(".json")
     }
+
+
+def _version_text(health: dict[str, Any]) -> str:
+    """The version /api/health gives, or why there is none (``[auth.anonymous] hide_version`` omits it)."""
+    return str(health.get("version") or "(version hidden: [auth.anonymous] hide_version)")
+
+
+def _library_panel_uids(dashboard: dict[str, Any]) -> set[str]:
+    """The uids of the library panels a classic dashboard uses (panels nested in rows included)."""
+    found: set[str] = set()
+    stack = list(dashboard.get("panels") or [])
+    while stack:
+        panel = stack.pop()
+        if not isinstance(panel, dict):
+            continue
+        library_panel = panel.get("libraryPanel")
+        if isinstance(library_panel, dict) and library_panel.get("uid"):
+            found.add(str(library_panel["uid"]))
+        stack.extend(panel.get("panels") or [])
+    return found
 
 
 def _without(value: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the emulator's API or its database holds.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -978,3 +979,83 @@ def test_keep_writes_the_targets_api_provisioned_alerting_objects_back_as_api(
         assert {r.get("provenance") for r in provisioning(target, "alert-rules")} == {"api"}
         assert all("provenance" not in t for t in provisioning(target, "mute-timings"))  # none before, none now
         assert keeper.verify_restore(ctx, "all") == []
+
+
+def test_a_slack_point_refused_without_its_secrets_is_created_with_the_redacted_text(
+    tmp_path, connect, make_settings, backed_up, restore_context, restore_target, caplog
+):
+    """The API export shows a Slack point's url as [REDACTED]. Grafana refuses to create the point without it
+    (pkg/services/ngalert/provisioning/contactpoints.go ValidateContactPoint; grafana/alerting
+    receivers/slack/config.go: "recipient must be specified when using the Slack chat API"), so the restore
+    creates it with the [REDACTED] text in its place and says the secret must be re-entered."""
+    caplog.set_level(logging.INFO, logger="ragvault")
+    with emulator(tmp_path / "slack-source") as source:
+        answer = source.session.post(f"{source.url}{PROVISIONING}/contact-points", timeout=10, json={
+            "uid": "rv-cp-slack", "name": "rag-slack", "type": "slack",
+            "settings": {"url": "https://hooks.slack.example/T0/B0/secret", "title": "RAG alert"},
+        })
+        assert answer.status_code == 202, answer.text
+        manifest = backed_up(GrafanaComponent(make_settings(connect(source.port, password=TOKEN))))
+    with restore_target() as (target, restorer):
+        ctx = restore_context(manifest, "grafana", restorer.settings)
+        counts = restorer.restore(ctx, "all")
+        assert counts["secrets_to_reenter"] == 1
+        point = next(p for p in provisioning(target, "contact-points") if p["uid"] == "rv-cp-slack")
+        assert point["settings"] == {"url": "[REDACTED]", "title": "RAG alert"}
+        with sqlite3.connect(target.data_dir / "grafana.db") as db:
+            config = json.loads(db.execute("SELECT alertmanager_configuration FROM alert_configuration").fetchone()[0])
+        stored = next(i for r in config["alertmanager_config"]["receivers"]
+                      for i in r.get("grafana_managed_receiver_configs") or [] if i["uid"] == "rv-cp-slack")
+        assert base64.b64decode(stored["secureSettings"]["url"]).decode() == "[REDACTED]"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("'rag-slack' (slack, uid rv-cp-slack) is refused without its secure settings" in m
+                   and "token must be specified" not in m and "recipient must be specified" in m for m in warnings)
+        assert any("rag-slack (rv-cp-slack): url" in m for m in warnings)
+        assert "hooks.slack.example" not in "\n".join(r.getMessage() for r in caplog.records)
+        assert restorer.verify_restore(ctx, "all") == []
+
+
+def test_a_dashboard_whose_library_panel_is_missing_is_restored_as_the_source_held_it(
+    tmp_path, connect, make_settings, backed_up, restore_context, restore_target, caplog
+):
+    """Grafana saves a dashboard that names a missing library panel and answers 500 "Error while connecting
+    library panels" (pkg/api/dashboard.go): a source can hold one. The restore saves it the same way and warns
+    naming the panel, instead of failing the whole Grafana restore."""
+    caplog.set_level(logging.INFO, logger="ragvault")
+    with emulator(tmp_path / "dangling-source") as source:
+        model = {"uid": "rv-dangling", "title": "Dangling", "panels": [
+            {"id": 1, "libraryPanel": {"uid": "rv-lp-gone", "name": "Gone"}}]}
+        saved = source.session.post(f"{source.url}/api/dashboards/db", json={"dashboard": model}, timeout=10)
+        assert saved.status_code == 500 and saved.json()["message"] == "Error while connecting library panels"
+        manifest = backed_up(GrafanaComponent(make_settings(connect(source.port, password=TOKEN))))
+    with restore_target() as (target, restorer):
+        ctx = restore_context(manifest, "grafana", restorer.settings)
+        assert restorer.restore(ctx, "all")["dashboards"] == 1
+        got = target.get("/api/dashboards/uid/rv-dangling")["dashboard"]
+        assert got["panels"] == model["panels"]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("dashboard rv-dangling ('Dangling'" in m and "rv-lp-gone exist neither in the backup nor on "
+                   "the target" in m for m in warnings), warnings
+        assert restorer.verify_restore(ctx, "all") == []
+
+
+def test_a_grafana_that_hides_its_version_is_backed_up_and_says_so(
+    tmp_path, connect, make_settings, context, caplog
+):
+    """pkg/api/http_server.go (apiHealthHandler): with [auth.anonymous] hide_version, /api/health has no
+    version; the backup records grafana_version null and logs why there is none."""
+    caplog.set_level(logging.INFO, logger="ragvault")
+    server = make_server("127.0.0.1", 0, tmp_path / "hidden", token=TOKEN, hide_version=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        result = GrafanaComponent(make_settings(connect(server.server_address[1], password=TOKEN))).backup(
+            context("grafana"), None
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert result.details["grafana_version"] is None
+    assert any("grafana (version hidden: [auth.anonymous] hide_version) at" in r.getMessage()
+               for r in caplog.records)

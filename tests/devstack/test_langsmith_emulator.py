@@ -859,3 +859,37 @@ def start_emulator_version(data_dir: Path, version: str):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     return server, thread
+
+
+def _undeclared(model) -> list[str]:
+    """Fields of a parsed SDK model (and of its nested models) that the SDK's type does not declare."""
+    from pydantic import BaseModel
+
+    found = [f"{type(model).__name__}.{key}" for key in (model.model_extra or {})]
+    for value in model.__dict__.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                found += _undeclared(item)
+    return found
+
+
+def test_v2_answers_hold_only_what_the_sdks_types_declare(emulator, client, traced):
+    """langsmith/types/runs/streaming_query_v2_response.py (StreamingQueryV2Response) and langsmith/types/run.py
+    (Run, with its RunType and status Literals): the raw answer, every field selected, parses with the SDK's own
+    models and carries no field they do not declare; the request body is one RunQueryV2Params accepts
+    (langsmith/types/run_query_v2_params.py)."""
+    from langsmith.types.run_query_v2_params import RunQueryV2Params
+    from langsmith.types.runs.streaming_query_v2_response import StreamingQueryV2Response
+
+    project = str(client.read_project(project_name=traced["project"]).id)
+    body = {"project_ids": [project], "min_start_time": (BASE - timedelta(days=1)).isoformat(), "selects": V2_ALL,
+            "page_size": 3}
+    assert set(body) <= set(RunQueryV2Params.__annotations__)
+    answer = api(emulator, "POST", "/api/v2/runs/query", json=body)
+    assert answer.status_code == 200, answer.text
+    parsed = StreamingQueryV2Response.model_validate(answer.json())
+    assert len(parsed.items) == 3 and parsed.next_cursor
+    assert _undeclared(parsed) == []
+    assert all(run.run_type in ("CHAIN", "LLM", "TOOL", "RETRIEVER", "EMBEDDING", "PROMPT", "PARSER")
+               for run in parsed.items)
+

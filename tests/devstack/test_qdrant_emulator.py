@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tracemalloc
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -894,3 +895,88 @@ def test_multipart_parser_handles_any_chunking(piece):
         parts.append((headers["content-disposition"], b"".join(stream.read_part())))
     assert parts == [('form-data; name="a"', b"first value"),
                      ('form-data; name="snapshot"; filename="x"', blob)]
+
+
+def test_every_exchange_of_the_packages_backup_and_restore_matches_the_spec(
+    qdrant_emulator, qdrant_openapi, monkeypatch, settings, repo, backup_date
+):
+    """The unchanged package (QdrantComponent, qdrant-client and the hook's own requests) backs a collection up
+    from one emulator and restores it onto another; every request body it sent and every answer it got, as the
+    server saw them, is checked against Qdrant's OpenAPI document: the emulator answers the package's calls the
+    way the spec says Qdrant does."""
+    import dataclasses
+
+    from devstack import seed
+    from devstack.qdrant_emulator import QdrantRequestHandler
+    from ragvault.components.base import BackupContext, RestoreContext
+    from ragvault.components.qdrant import QdrantComponent
+    from ragvault.hooks.qdrant import QdrantHook
+
+    missing = object()
+    exchanges: list[dict] = []
+    read_json_body, send = QdrantRequestHandler.read_json_body, QdrantRequestHandler.send
+
+    def recording_read(self):
+        body = read_json_body(self)
+        self._recorded_body = body
+        return body
+
+    def recording_send(self, response):
+        exchanges.append({"method": "GET" if self.command == "HEAD" else self.command,
+                          "path": urllib.parse.urlsplit(self.path).path, "status": response.status,
+                          "content_type": response.content_type, "body": response.body,
+                          "file": response.file_path is not None,
+                          "request": getattr(self, "_recorded_body", missing)})
+        self._recorded_body = missing
+        return send(self, response)
+
+    monkeypatch.setattr(QdrantRequestHandler, "read_json_body", recording_read)
+    monkeypatch.setattr(QdrantRequestHandler, "send", recording_send)
+
+    def connect(name: str, emulator) -> None:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}", json.dumps({
+            "conn_type": "qdrant", "host": "127.0.0.1", "port": emulator.server.server_address[1],
+            "password": emulator.api_key}))
+
+    def using(conn_id: str):
+        data = {**settings.data, "connections": {**settings.data["connections"], "qdrant": conn_id}}
+        return dataclasses.replace(settings, data=data)
+
+    source, target = qdrant_emulator(), qdrant_emulator()
+    connect("qdrant_spec_source", source)
+    connect("qdrant_spec_target", target)
+    seeded = seed.seed_qdrant(QdrantHook("qdrant_spec_source").client)
+    collection = sorted(seeded)[0]
+    backup = QdrantComponent(using("qdrant_spec_source"))
+    result = backup.backup(BackupContext(repo=repo, date=backup_date, component="qdrant", run={"run_id": "spec"}),
+                           collection)
+    manifest = repo.build_manifest(backup_date, [result], {"run_id": "spec", "at": "2026-12-04T00:00:00Z"})
+    restorer = QdrantComponent(using("qdrant_spec_target"))
+    ctx = RestoreContext(repo=repo, manifest=manifest, component="qdrant", settings=restorer.settings)
+    assert restorer.restore(ctx, collection)["points"] == seeded[collection]
+    assert restorer.verify_restore(ctx, collection) == []
+
+    templates = sorted(qdrant_openapi.doc["paths"], key=lambda t: (t.count("{"), t))  # literal paths first
+    patterns = [(t, re.compile("^" + "".join("[^/]+" if part.startswith("{") else re.escape(part)
+                                             for part in re.split(r"(\{[^}]+\})", t)) + "$")) for t in templates]
+    used = set()
+    for exchange in exchanges:
+        template = next(t for t, p in patterns if p.match(exchange["path"])
+                        and exchange["method"].lower() in qdrant_openapi.doc["paths"][t])
+        used.add((exchange["method"], template))
+        if exchange["request"] is not missing:
+            qdrant_openapi.validate_request(exchange["method"], template, exchange["request"])
+        answer = requests.Response()
+        answer.status_code = exchange["status"]
+        answer.headers["Content-Type"] = exchange["content_type"]
+        answer._content = b"" if exchange["file"] else exchange["body"]
+        qdrant_openapi.validate_response(exchange["method"], template, answer)
+    assert {
+        ("GET", "/collections/{collection_name}"),
+        ("POST", "/collections/{collection_name}/snapshots"),
+        ("GET", "/collections/{collection_name}/snapshots/{snapshot_name}"),
+        ("DELETE", "/collections/{collection_name}/snapshots/{snapshot_name}"),
+        ("POST", "/collections/{collection_name}/points/scroll"),
+        ("POST", "/collections/{collection_name}/points/count"),
+        ("POST", "/collections/{collection_name}/snapshots/upload"),
+    } <= used, sorted(used)

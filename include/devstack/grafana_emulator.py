@@ -2286,8 +2286,13 @@ class GrafanaState:
                 self._group_interval(values["namespace_uid"], values["rule_group"]) or row["interval_seconds"]
             )
             index = self._next_group_index(values["namespace_uid"], values["rule_group"])
+        # AlertRuleService.UpdateAlertRule (pkg/services/ngalert/provisioning/alert_rules.go) refuses a change of
+        # a stored provenance with a plain error, which RoutePutAlertRule answers 500
+        stored = self._provenance("alertRule", row["uid"])
+        if stored not in (PROVENANCE_NONE, req.provenance):
+            return 500, {"message": f"cannot change provenance from '{stored}' to '{req.provenance}'"}
         row = self._update_rule(
-            row, values, interval, index, req.provenance, str(req.identity.get("login") or "")
+            row, values, interval, index, req.provenance, str(req.identity.get("login") or ""), checked=True
         )
         return 200, self._rule_dto(row)
 

@@ -704,6 +704,8 @@ def test_replacing_a_rule_group_may_reset_api_provenance_but_never_file(grafana)
 
 
 def test_disabled_provenance_keeps_restored_rules_editable(grafana):
+    """pkg/services/ngalert/provisioning/alert_rules.go (UpdateAlertRule): a rule without provenance can be taken
+    by anyone; once api, a change to none is refused with a plain error that RoutePutAlertRule answers 500."""
     home = folder(grafana, uid("Restored"))
     body = alert_rule(home["uid"], "restored", "Restored rule")
     headers = {"X-Disable-Provenance": "true"}
@@ -724,9 +726,9 @@ def test_disabled_provenance_keeps_restored_rules_editable(grafana):
     taken = grafana.ok("PUT", f"/api/v1/provisioning/alert-rules/{body['uid']}", json=body)
     assert taken["provenance"] == "api"
     refused = grafana.fails(
-        "PUT", f"/api/v1/provisioning/alert-rules/{body['uid']}", 403, json=body, headers=headers
+        "PUT", f"/api/v1/provisioning/alert-rules/{body['uid']}", 500, json=body, headers=headers
     )
-    assert refused["messageId"] == "alerting.notifications.invalidProvenance"
+    assert refused == {"message": "cannot change provenance from 'api' to ''"}
     grafana.ok("DELETE", f"/api/v1/provisioning/alert-rules/{body['uid']}", 204)
 
 

@@ -54,7 +54,7 @@ def main() -> int:
     from ragvault.repository import BackupRepository
 
     settings = load_settings(config)
-    repo = BackupRepository.from_connection(settings.conn_id("s3"), settings.bucket)
+    repo = BackupRepository.from_settings(settings)
     manifest = repo.read_manifest(args.date)
     if manifest is None:
         print(f"!! no manifest for {args.date}: the backup is incomplete; see {log_path}")

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "max_retry_delay_seconds": 900,
     "notifications": {"webhook_conn_id": None},
     "lock": {"wait_seconds": 3600, "lease_seconds": 600},
+    "transfer": {"part_size_mib": 8, "concurrency": 4},
     "backfill": {"state_parts": "skip"},
     "ingestion": {
         "pause_dag_ids": [],
@@ -153,6 +154,20 @@ class Settings:
 
     def enabled(self, name: str) -> bool:
         return bool(self.component(name).get("enabled", True))
+
+    @property
+    def transfer(self) -> dict[str, int]:
+        """``part_size_mib`` (5 or more) and ``concurrency`` (parts in flight per artifact, 1 or more)."""
+        transfer = self.data["transfer"]
+        try:
+            part_size, concurrency = int(transfer["part_size_mib"]), int(transfer["concurrency"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: transfer.part_size_mib and transfer.concurrency must be numbers "
+                              f"({exc})") from None
+        if part_size < 5 or concurrency < 1:
+            raise ConfigError(f"{self.source}: transfer.part_size_mib must be at least 5 (S3's smallest part) and "
+                              f"transfer.concurrency at least 1, not {part_size} and {concurrency}")
+        return {"part_size_mib": part_size, "concurrency": concurrency}
 
     @property
     def ingestion(self) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class _RagvaultOperator(BaseOperator):
         return load_settings(self.config_path)
 
     def repository(self, settings: Settings, *, check: bool = True) -> BackupRepository:
-        repo = BackupRepository.from_connection(settings.conn_id("s3"), settings.bucket)
+        repo = BackupRepository.from_settings(settings)
         if check:
             repo.check_bucket()
         return repo

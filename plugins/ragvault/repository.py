@@ -19,7 +19,9 @@ import json
 import logging
 import re
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +36,8 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ragvault.manifest/v1"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MiB = 1024 * 1024
-DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
+DEFAULT_CONCURRENCY = 4  # parts in flight per artifact
 PROGRESS_EVERY = 256 * MiB
 SUFFIXES = {None: "", "zstd": ".zst", "gzip": ".gz"}
 
@@ -227,73 +230,136 @@ def parse_manifest(body: bytes, where: str, date: str) -> dict[str, Any]:
 
 
 class _MultipartSink:
-    """Bytes in, one S3 object out: a multipart upload fed part by part, aborted on failure."""
+    """Bytes in, one S3 object out: a multipart upload fed part by part, aborted on failure.
 
-    def __init__(self, client, bucket: str, key: str, content_type: str, part_size: int):
+    Up to ``concurrency`` parts are sent at once by a small thread pool while the caller keeps producing (and
+    compressing, and encrypting) the next one: memory holds at most ``concurrency`` parts in flight and one part
+    filling. Each part is joined from the written chunks once (no other copy); the SHA-256 of the stored bytes
+    is computed as they are written, in order.
+    """
+
+    def __init__(self, client, bucket: str, key: str, content_type: str, part_size: int, concurrency: int = 1):
         self.client, self.bucket, self.key = client, bucket, key
         self.content_type = content_type
         self.part_size = max(part_size, 5 * MiB)
-        self.buffer = bytearray()
+        self.concurrency = max(1, concurrency)
+        self._chunks: deque[bytes | memoryview] = deque()
+        self._buffered = 0
         self.upload_id: str | None = None
         self.marker: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self._etags: dict[int, str] = {}
+        self._submitted = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: set[Future] = set()
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._next_progress = PROGRESS_EVERY
 
-    def write(self, data: bytes) -> None:
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """The parts sent so far, in order (number and ETag)."""
+        return [{"PartNumber": number, "ETag": self._etags[number]} for number in sorted(self._etags)]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
+        if not isinstance(data, bytes):  # the caller may reuse a mutable buffer: keep a copy of its bytes
+            data = bytes(data)
         self.sha256.update(data)
         self.size += len(data)
-        self.buffer += data
-        while len(self.buffer) >= self._current_part_size():
-            n = self._current_part_size()
-            self._upload_part(bytes(self.buffer[:n]))
-            del self.buffer[:n]
+        self._chunks.append(data)
+        self._buffered += len(data)
+        while self._buffered >= self._current_part_size():
+            self._send(self._take(self._current_part_size()))
         if self.size >= self._next_progress:
             log.info("%s: %d MiB streamed so far", self.key, self.size // MiB)
             self._next_progress += PROGRESS_EVERY
 
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes as one object (the only copy a part's bytes go through)."""
+        pieces: list[bytes | memoryview] = []
+        need = n
+        while need:
+            chunk = self._chunks[0]
+            if len(chunk) <= need:
+                pieces.append(self._chunks.popleft())
+                need -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                pieces.append(view[:need])
+                self._chunks[0] = view[need:]
+                need = 0
+        self._buffered -= n
+        return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+
     def _current_part_size(self) -> int:
         # S3 allows 10,000 parts: double the part size every 1,000 parts so no artifact is too large.
-        return self.part_size * (2 ** (len(self.parts) // 1000))
+        return self.part_size * (2 ** (self._submitted // 1000))
 
-    def _upload_part(self, body: bytes) -> None:
+    def _start(self) -> None:
+        response = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
+        self.upload_id = response["UploadId"]
+        # Noted in the bucket, so that the upload of a worker killed before it completes or aborts is found
+        # and aborted by a later run (MinIO lists open uploads only by their exact key after a restart).
+        self.marker = upload_marker_key(self.key, self.upload_id)
+        self.client.put_object(Bucket=self.bucket, Key=self.marker, ContentType="application/json",
+                               Body=json.dumps({"key": self.key, "upload_id": self.upload_id,
+                                                "started": utcnow_iso()}).encode())
+
+    def _send(self, body: bytes) -> None:
+        """Hand one part to the pool, after waiting for a free slot (a failed part raises here)."""
         if self.upload_id is None:
-            response = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, ContentType=self.content_type
-            )
-            self.upload_id = response["UploadId"]
-            # Noted in the bucket, so that the upload of a worker killed before it completes or aborts is found
-            # and aborted by a later run (MinIO lists open uploads only by their exact key after a restart).
-            self.marker = upload_marker_key(self.key, self.upload_id)
-            self.client.put_object(Bucket=self.bucket, Key=self.marker, ContentType="application/json",
-                                   Body=json.dumps({"key": self.key, "upload_id": self.upload_id,
-                                                    "started": utcnow_iso()}).encode())
-        number = len(self.parts) + 1
+            self._start()
+        self._submitted += 1
+        if self.concurrency == 1:
+            self._upload_part(self._submitted, body)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ragvault-upload")
+        while len(self._inflight) >= self.concurrency:
+            self._reap(FIRST_COMPLETED)
+        self._inflight.add(self._pool.submit(self._upload_part, self._submitted, body))
+
+    def _reap(self, return_when: str) -> None:
+        done, self._inflight = wait(self._inflight, return_when=return_when)
+        for future in done:
+            future.result()
+
+    def _upload_part(self, number: int, body: bytes) -> None:
         response = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, PartNumber=number, UploadId=self.upload_id, Body=body
         )
-        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self._etags[number] = response["ETag"]
 
     def complete(self) -> None:
-        if self.upload_id is None:
-            # Small object: one plain PUT.
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer), ContentType=self.content_type
-            )
-        else:
-            if self.buffer:
-                self._upload_part(bytes(self.buffer))
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
-            )
-            self._forget_marker()
-        self.buffer = bytearray()
+        try:
+            if self.upload_id is None:
+                # Small object: one plain PUT.
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._take(self._buffered),
+                                       ContentType=self.content_type)
+            else:
+                if self._buffered:
+                    self._send(self._take(self._buffered))
+                self._reap(ALL_COMPLETED)
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": self.parts},
+                )
+                self._forget_marker()
+        finally:
+            self._close_pool()
+        self._chunks.clear()
+        self._buffered = 0
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            for future in self._inflight:
+                future.cancel()
+            self._pool.shutdown(wait=True)  # no part may land after the upload is aborted
+            self._pool = None
+            self._inflight = set()
 
     def _forget_marker(self) -> None:
         if self.marker is not None:
@@ -304,7 +370,9 @@ class _MultipartSink:
             self.marker = None
 
     def abort(self) -> None:
-        self.buffer = bytearray()
+        self._chunks.clear()
+        self._buffered = 0
+        self._close_pool()
         if self.upload_id is not None:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
@@ -330,6 +398,8 @@ class ArtifactWriter:
         self._cipher = cipher
         self._encryptor = cipher.encryptor() if cipher is not None else None
         self._content_type = content_type
+        # stored bytes == original bytes: the sink's SHA-256 is the original's too, computed once
+        self._identity = self._compressor is None and self._encryptor is None and not precompressed
         self._raw_sha256 = hashlib.sha256()
         self._raw_size = 0
         self.artifact: Artifact | None = None
@@ -341,7 +411,8 @@ class ArtifactWriter:
     def write(self, data: bytes) -> int:
         if self.artifact is not None:
             raise ValueError(f"{self.key}: write after close")
-        self._raw_sha256.update(data)
+        if not self._identity:
+            self._raw_sha256.update(data)
         self._raw_size += len(data)
         self._store(self._compressor.compress(data) if self._compressor else data)
         return len(data)
@@ -360,13 +431,14 @@ class ArtifactWriter:
             if self._encryptor is not None:
                 self._sink.write(self._encryptor.finalize())
             self._sink.complete()
+            raw_sha256 = self._sink.sha256 if self._identity else self._raw_sha256
             self.artifact = Artifact(
                 key=self._sink.key,
                 size=self._sink.size,
                 sha256=self._sink.sha256.hexdigest(),
                 raw_size=None if self._precompressed else self._raw_size,
                 # the hash of a secret's plaintext would let anyone holding the manifest test guesses of it
-                raw_sha256=None if self._precompressed or self._cipher else self._raw_sha256.hexdigest(),
+                raw_sha256=None if self._precompressed or self._cipher else raw_sha256.hexdigest(),
                 compression=self._compression,
                 encryption=self._cipher.scheme if self._cipher else None,
                 key_fingerprint=self._cipher.key_fingerprint if self._cipher else None,
@@ -394,10 +466,14 @@ class ArtifactWriter:
 class BackupRepository:
     """The bucket seen as a set of dated backups, each closed by its manifest."""
 
-    def __init__(self, client, bucket: str, *, part_size: int = DEFAULT_PART_SIZE, conn_id: str | None = None):
+    def __init__(self, client, bucket: str, *, part_size: int = DEFAULT_PART_SIZE,
+                 concurrency: int = DEFAULT_CONCURRENCY, conn_id: str | None = None):
         self.client = client
         self.bucket = bucket
+        #: bytes per multipart part, and parts sent at once per artifact: an upload holds at most
+        #: ``(concurrency + 1) * part_size`` bytes in memory
         self.part_size = part_size
+        self.concurrency = concurrency
         #: the Airflow connection the client was built from, named in error messages
         self.conn_id = conn_id
 
@@ -407,6 +483,13 @@ class BackupRepository:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         return cls(S3Hook(aws_conn_id=aws_conn_id).get_conn(), bucket, conn_id=aws_conn_id, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings) -> BackupRepository:
+        """The repository of ``settings``: its bucket, on its ``s3`` connection, with its ``transfer`` sizes."""
+        transfer = settings.transfer
+        return cls.from_connection(settings.conn_id("s3"), settings.bucket,
+                                   part_size=transfer["part_size_mib"] * MiB, concurrency=transfer["concurrency"])
 
     # -- layout ---------------------------------------------------------------------------------------
     @staticmethod
@@ -490,7 +573,7 @@ class BackupRepository:
         :param staging: write aside under this run's staging token (see :meth:`artifact_key`).
         """
         key = self.artifact_key(date, component, path, compression, staging)
-        sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size)
+        sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size, self.concurrency)
         return ArtifactWriter(sink, compression, content_type, precompressed, cipher)
 
     def put_artifact(

@@ -41,3 +41,15 @@ def test_select_patterns():
     assert select(names) == sorted(names)
     assert select(names, include=["docs*"], exclude=["*_tmp"]) == ["docs"]
     assert select(names, exclude=["*.system.*"]) == ["docs", "docs_tmp", "faq"]
+
+
+def test_transfer_sizes_are_checked(tmp_path):
+    path = tmp_path / "ragvault.yaml"
+    path.write_text("transfer:\n  part_size_mib: 16\n")
+    assert load_settings(path).transfer == {"part_size_mib": 16, "concurrency": 4}
+    path.write_text("transfer:\n  part_size_mib: 4\n")
+    with pytest.raises(ConfigError, match="at least 5"):
+        load_settings(path).transfer
+    path.write_text("transfer:\n  concurrency: many\n")
+    with pytest.raises(ConfigError, match="must be numbers"):
+        load_settings(path).transfer

@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import json
 import os
+import threading
+import time
 
 import pytest
 import zstandard
@@ -71,6 +73,59 @@ def test_failed_stream_leaves_nothing(s3_client, bucket, backup_date):
     assert repo.head(key) is None
     uploads = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
     assert uploads == []
+
+
+class CountingClient:
+    """The real S3 client, counting the parts in flight at once; part ``fail_part`` fails (when given)."""
+
+    def __init__(self, client, fail_part: int | None = None):
+        self._client, self._fail_part = client, fail_part
+        self._lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
+        self.part_numbers: list[int] = []
+
+    def upload_part(self, **kwargs):
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.part_numbers.append(kwargs["PartNumber"])
+        try:
+            time.sleep(0.05)  # long enough for the next parts to be handed over meanwhile
+            if kwargs["PartNumber"] == self._fail_part:
+                raise ConnectionError(f"part {self._fail_part} lost")
+            return self._client.upload_part(**kwargs)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_parts_go_out_several_at_a_time_and_land_in_order(s3_client, bucket, backup_date):
+    """Up to ``concurrency`` parts in flight, never more; the object is the exact bytes, whatever order the parts
+    finished in; the original's checksum is the stored one when nothing transforms the bytes."""
+    client = CountingClient(s3_client)
+    repo = BackupRepository(client, bucket, part_size=5 * MiB, concurrency=3)
+    payload = os.urandom(41 * MiB)
+    chunks = (payload[i:i + 1_000_003] for i in range(0, len(payload), 1_000_003))
+    artifact = repo.put_artifact(backup_date, "test", "parallel.bin", chunks)
+    assert get(s3_client, bucket, artifact.key) == payload
+    assert artifact.sha256 == artifact.raw_sha256 == hashlib.sha256(payload).hexdigest()
+    assert sorted(client.part_numbers) == list(range(1, 10))  # 8 full parts of 5 MiB and the 1 MiB rest
+    assert client.most_in_flight == 3
+
+
+def test_a_failed_part_aborts_the_upload_and_leaves_nothing(s3_client, bucket, backup_date):
+    client = CountingClient(s3_client, fail_part=3)
+    repo = BackupRepository(client, bucket, part_size=5 * MiB, concurrency=4)
+    payload = os.urandom(40 * MiB)
+    with pytest.raises(ConnectionError, match="part 3 lost"):
+        repo.put_artifact(backup_date, "test", "lost-part.bin", [payload[i:i + MiB] for i in range(0, len(payload), MiB)])
+    key = f"{backup_date}/test/lost-part.bin"
+    assert repo.head(key) is None
+    assert s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []
+    assert client.in_flight == 0  # every part sent before the abort had finished
 
 
 def test_manifest_is_written_last_and_checked(s3_client, bucket, backup_date):

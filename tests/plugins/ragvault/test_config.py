@@ -49,7 +49,7 @@ def test_transfer_sizes_are_checked(tmp_path):
     assert load_settings(path).transfer == {"part_size_mib": 16, "concurrency": 4}
     path.write_text("transfer:\n  part_size_mib: 4\n")
     with pytest.raises(ConfigError, match="at least 5"):
-        load_settings(path).transfer
+        _ = load_settings(path).transfer
     path.write_text("transfer:\n  concurrency: many\n")
     with pytest.raises(ConfigError, match="must be numbers"):
-        load_settings(path).transfer
+        _ = load_settings(path).transfer

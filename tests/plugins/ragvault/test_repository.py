@@ -121,7 +121,8 @@ def test_a_failed_part_aborts_the_upload_and_leaves_nothing(s3_client, bucket, b
     repo = BackupRepository(client, bucket, part_size=5 * MiB, concurrency=4)
     payload = os.urandom(40 * MiB)
     with pytest.raises(ConnectionError, match="part 3 lost"):
-        repo.put_artifact(backup_date, "test", "lost-part.bin", [payload[i:i + MiB] for i in range(0, len(payload), MiB)])
+        repo.put_artifact(backup_date, "test", "lost-part.bin",
+                          [payload[i:i + MiB] for i in range(0, len(payload), MiB)])
     key = f"{backup_date}/test/lost-part.bin"
     assert repo.head(key) is None
     assert s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []

@@ -5,7 +5,7 @@ UV_VERSION := 0.13.9
 SERVICES := include/devstack/services.sh
 WITH_ENV := set -a && source ./.services.env && set +a &&
 
-.PHONY: help install services services-down status test lint demo clean
+.PHONY: help install services services-down status test lint demo bench clean
 
 help:
 	@echo "make demo           install everything, start local services, seed a small stack, run the backup DAG"
@@ -13,6 +13,7 @@ help:
 	@echo "make services       start the local services (MinIO, Redis, FerretDB, Qdrant emulator, ...) and write .services.env"
 	@echo "make services-down  stop them"
 	@echo "make lint           ruff"
+	@echo "make bench          ragvault's data paths against their baselines (BENCH_ARGS=\"--runs 5 --scale 1\")"
 
 .venv/.synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -39,6 +40,9 @@ lint: .venv/.synced
 
 demo: services
 	$(WITH_ENV) .venv/bin/python include/devstack/demo.py
+
+bench: services
+	$(WITH_ENV) PYTHONPATH=plugins:include .venv/bin/python -m bench $(BENCH_ARGS)
 
 clean: services-down
 	rm -rf .venv .devstack .services.env

@@ -1,0 +1,161 @@
+"""One side of one benchmark case, run as its own process: ``python -m bench.cases CASE SIDE``.
+
+``SIDE`` is ``ragvault`` (the package's own path) or ``baseline`` (the plain tool a user would compare it with).
+The data and the servers are the harness's (``python -m bench``); the connections come from the environment it
+passes (``.services.env`` plus the bench's own ``AIRFLOW_CONN_*``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_started: list[float] = []
+
+
+def begin() -> None:
+    """The work starts here: everything before (imports, reading settings) is the process's fixed cost, which an
+    Airflow worker pays once, not per task."""
+    _started.append(time.perf_counter())
+
+
+BUCKET = "ragvault-bench"
+DATE = "2026-01-01"
+MiB = 1024 * 1024
+
+
+def data_dir() -> Path:
+    return Path(os.environ["RAGVAULT_BENCH_DIR"])
+
+
+def s3_client():
+    import boto3
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_MINIO_S3"])
+    return boto3.client("s3", endpoint_url=conn["extra"]["endpoint_url"], aws_access_key_id=conn["login"],
+                        aws_secret_access_key=conn["password"], region_name=conn["extra"].get("region_name"))
+
+
+def read_chunks(path: Path, size: int = MiB):
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def _upload(name: str, compression: str | None, side: str) -> None:
+    path = data_dir() / name
+    client = s3_client()
+    if side == "ragvault":
+        from ragvault.repository import BackupRepository
+
+        repo = BackupRepository(client, BUCKET)
+        begin()
+        repo.put_artifact(DATE, "bench", name, read_chunks(path), compression=compression)
+    else:
+        begin()
+        client.upload_file(str(path), BUCKET, f"baseline/{name}")
+
+
+def upload_random(side: str) -> None:
+    """1 GiB (x scale) of random bytes, stored as they are."""
+    _upload("random.bin", None, side)
+
+
+def upload_jsonl_zstd(side: str) -> None:
+    """JSON Lines compressed with zstd on the way, against boto3 uploading the raw file."""
+    _upload("chunks.jsonl", "zstd" if side == "ragvault" else None, side)
+
+
+def _settings():
+    from ragvault.config import load_settings
+
+    return load_settings()
+
+
+def redis_backup(side: str) -> None:
+    """The whole Redis instance as an RDB, uploaded: the component against ``redis-cli --rdb`` + boto3."""
+    if side == "ragvault":
+        from ragvault.components.base import BackupContext
+        from ragvault.components.redis import RedisComponent
+        from ragvault.repository import BackupRepository
+
+        settings = _settings()
+        ctx = BackupContext(repo=BackupRepository.from_settings(settings), date=DATE, component="redis",
+                            run={"run_id": "bench"})
+        begin()
+        RedisComponent(settings).backup(ctx, None)
+        return
+    port = os.environ["RAGVAULT_BENCH_REDIS_SOURCE_PORT"]
+    client = s3_client()
+    begin()
+    with tempfile.TemporaryDirectory(dir=data_dir()) as work:
+        rdb = Path(work, "dump.rdb")
+        subprocess.run(["redis-cli", "-p", port, "--rdb", str(rdb)], check=True, stdout=subprocess.DEVNULL)
+        client.upload_file(str(rdb), BUCKET, "baseline/dump.rdb")
+
+
+def redis_restore(side: str) -> None:
+    """The RDB back into an empty Redis: the component's RESTOREs over the network against redis-server loading
+    the same file from its data dir at start-up."""
+    if side == "ragvault":
+        from ragvault.components.base import RestoreContext
+        from ragvault.components.redis import RedisComponent
+        from ragvault.repository import BackupRepository
+
+        settings = _settings()
+        manifest = json.loads((data_dir() / "redis-manifest.json").read_text())
+        component = RedisComponent(settings)
+        ctx = RestoreContext(repo=BackupRepository.from_settings(settings), manifest=manifest, component="redis",
+                             settings=settings)
+        begin()
+        component.restore(ctx, "all")
+        return
+    import redis
+
+    begin()
+    with tempfile.TemporaryDirectory(dir=data_dir()) as work:
+        shutil.copyfile(data_dir() / "dump.rdb", Path(work, "dump.rdb"))
+        port = os.environ["RAGVAULT_BENCH_REDIS_LOAD_PORT"]
+        server = subprocess.Popen(["redis-server", "--port", port, "--dir", work, "--dbfilename", "dump.rdb",
+                                   "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=int(port))
+        try:
+            for _ in range(6000):
+                try:
+                    if client.info("persistence")["loading"] == 0:
+                        break
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                time.sleep(0.005)
+            else:
+                raise RuntimeError("redis-server did not load the RDB")
+        finally:
+            server.kill()  # loaded is what is measured; a SHUTDOWN would add Redis's own shutdown wait
+            server.wait(timeout=60)
+
+
+CASES = {
+    "upload-random": upload_random,
+    "upload-jsonl-zstd": upload_jsonl_zstd,
+    "redis-backup": redis_backup,
+    "redis-restore": redis_restore,
+}
+
+
+def main(argv: list[str]) -> int:
+    case, side = argv
+    if side not in ("ragvault", "baseline"):
+        raise SystemExit(f"side must be ragvault or baseline, not {side!r}")
+    CASES[case](side)
+    Path(os.environ["RAGVAULT_BENCH_RESULT"]).write_text(json.dumps({"work": time.perf_counter() - _started[0]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

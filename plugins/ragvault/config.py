@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
             "interval_collections": {},
             "mongodump_path": None,
         },
-        "redis": {"enabled": True, "aof_dir": None},
+        "redis": {"enabled": True, "aof_dir": None, "restore_method": "auto", "replication_advertise_host": None,
+                  "replication_listen_host": None, "replication_accept_seconds": 15},
         "langchain": {"enabled": True, "config_dir": None, "include": [], "exclude": [], "max_file_mib": 16},
         "langsmith": {
             "enabled": True,

@@ -672,6 +672,24 @@ class RdbStream(Iterator[RdbEntry]):
             self.checksum_verified = True
 
 
+def rdb_checksum(chunks: Iterable[bytes]) -> tuple[int, int]:
+    """``(stored, computed)``: the CRC64 an RDB stream ends with (0 when the server wrote none, ``rdbchecksum
+    no``) and the CRC64 of everything before it, reading the stream once with 8 bytes held back."""
+    crc, tail = 0, b""
+    for chunk in chunks:
+        if len(chunk) >= 8:
+            crc = crc64(crc, tail)
+            crc = crc64(crc, memoryview(chunk)[:-8])
+            tail = bytes(chunk[-8:])
+        else:
+            joined = tail + bytes(chunk)
+            crc = crc64(crc, joined[:-8])
+            tail = joined[-8:]
+    if len(tail) < 8:
+        raise RdbTruncatedError("the RDB stream is shorter than its 8-byte checksum")
+    return int.from_bytes(tail, "little"), crc
+
+
 def iter_restore_entries(chunks: Iterable[bytes], verify_checksum: bool = True) -> RdbStream:
     """Iterate the keys of the RDB file streamed as ``chunks``, each as an :class:`RdbEntry` with its RESTORE
     payload; the returned object also exposes ``version``, ``aux``, ``functions`` and friends (see
@@ -695,4 +713,5 @@ __all__ = [
     "iter_restore_entries",
     "lzf_decompress",
     "module_type_name",
+    "rdb_checksum",
 ]

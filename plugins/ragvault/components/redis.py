@@ -16,6 +16,7 @@ The manifest records the key count of every db (``INFO keyspace`` taken just bef
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
-from ragvault.hooks.redis import RedisHook
+from ragvault.hooks.redis import RedisError, RedisHook, ReplicationUnavailable
 from ragvault.repository import Artifact, ItemResult, utcnow_iso
 
 RDB_MAGIC = b"REDIS"
@@ -132,6 +133,63 @@ class RedisComponent(Component):
         return problems
 
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        method = self.config.get("restore_method") or "auto"
+        if method not in RESTORE_METHODS:
+            raise ComponentError(self.name, item, f"components.redis.restore_method is {method!r}: expected one of "
+                                 f"{', '.join(RESTORE_METHODS)}")
+        if method != "restore":
+            try:
+                return self._restore_as_replica(ctx, item)
+            except ReplicationUnavailable as exc:
+                if method == "replication":
+                    raise ComponentError(self.name, item, f"restore_method replication: {exc}") from exc
+                ctx.log.warning("redis: %s; restoring key by key with RESTORE instead (slower)", exc)
+        return self._restore_commands(ctx, item)
+
+    def _restore_as_replica(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        """The server loads dump.rdb itself, as a replica does in a full sync (see RedisHook.replicate_rdb): it
+        checks the RDB's CRC64 and loads at its own speed. Every db is replaced."""
+        from ragvault.rdb import RdbError, rdb_checksum
+
+        hook = self.hook()
+        artifact = ctx.artifact(item, "dump.rdb")
+        # A server that loads a damaged RDB from its master exits (rdbReportError in Redis's rdb.c): the file's
+        # own CRC64 is checked first, in a read of its own, and the bytes sent are checked against that read.
+        first = hashlib.sha256()
+        try:
+            stored, computed = rdb_checksum(_hashed(_checked_rdb(ctx.read(artifact)), first))
+        except RdbError as exc:
+            raise ComponentError(self.name, item, f"dump.rdb is not a whole RDB file: {exc}") from exc
+        if stored == 0:
+            raise ReplicationUnavailable("dump.rdb carries no CRC64 (the source ran with rdbchecksum no): it is "
+                                         "not handed to the server unchecked")
+        if stored != computed:
+            raise ComponentError(self.name, item, f"dump.rdb fails its CRC64 check (it ends with {stored:016x}, "
+                                 f"its content hashes to {computed:016x}): the backup is damaged; nothing was sent")
+        ctx.log.info("redis: %s loads dump.rdb (%d bytes, CRC64 checked) as a replica of this task",
+                     hook.describe(), artifact.get("raw_size") or artifact["size"])
+        try:
+            hook.replicate_rdb(
+                _same_as(ctx.read(artifact), first.hexdigest()),
+                advertise_host=self.config.get("replication_advertise_host"),
+                listen_host=self.config.get("replication_listen_host"),
+                accept_timeout=float(self.config.get("replication_accept_seconds") or 15),
+                log=ctx.log,
+            )
+        except ReplicationUnavailable:
+            raise
+        except RedisError as exc:
+            raise ComponentError(self.name, item, f"loading dump.rdb through replication: {exc}") from exc
+        client = hook.get_conn()
+        keyspace = _keyspace(client)
+        functions = len(client.execute_command("FUNCTION", "LIST") or [])
+        ctx.log.info("redis: %d keys loaded in %d dbs (and %d function libraries) by the server itself",
+                     sum(keyspace.values()), len(keyspace), functions)
+        return {"keys": sum(keyspace.values()), "dbs": len(keyspace), "expired": 0, "functions": functions,
+                "replicated": 1}
+
+    def _restore_commands(self, ctx: RestoreContext, item: str) -> dict[str, int]:
+        """Key by key: one RESTORE (pipelined) per key parsed from dump.rdb; expired keys are skipped."""
         from ragvault.rdb import iter_restore_entries
 
         hook = self.hook()
@@ -180,6 +238,20 @@ class RedisComponent(Component):
                 problems.append(f"{db}: {actual.get(db, 0)} keys, {expected.get(db, 0)} in the backup")
         return problems
 
+def _hashed(chunks: Iterable[bytes], digest) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def _same_as(chunks: Iterable[bytes], sha256: str) -> Iterator[bytes]:
+    """The chunks, then a check that they hash to ``sha256`` (raised before the consumer sees the end)."""
+    digest = hashlib.sha256()
+    yield from _hashed(chunks, digest)
+    if digest.hexdigest() != sha256:
+        raise RedisError("dump.rdb read differently the second time: not sent to the end")
+
+
 def _checked_rdb(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Pass the stream through, failing early if it does not start like an RDB file."""
     head = b""
@@ -198,6 +270,8 @@ def _checked_rdb(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 RESTORE_BATCH = 500
+#: auto: the server loads the RDB as a replica, else (it cannot connect back) key by key; or only one of them
+RESTORE_METHODS = ("auto", "replication", "restore")
 
 
 def _version(text: str) -> tuple[int, ...]:

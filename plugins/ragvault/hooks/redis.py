@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 import socket
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -96,6 +99,148 @@ class RedisHook(ConnectionHook):
             raise RedisError(f"replication stream from {self.describe()} broke: {exc}") from exc
         finally:
             sock.close()
+
+
+    # -- loading an RDB the way a replica does ---------------------------------------------------------------
+    def local_address(self) -> str:
+        """The address of this machine on the route to the server (what the server sees connecting to it)."""
+        kw = self.connection_kwargs
+        with socket.create_connection((kw["host"], kw["port"]), timeout=self.timeout) as sock:
+            return sock.getsockname()[0]
+
+    def replicate_rdb(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        advertise_host: str | None = None,
+        listen_host: str | None = None,
+        accept_timeout: float = 15.0,
+        load_timeout: float = 3600.0,
+        log: logging.Logger | None = None,
+    ) -> None:
+        """Make the server load an RDB at its own speed: it becomes, for the time of one full sync, the replica
+        of a master played here, which sends it ``chunks`` as the snapshot (``+FULLRESYNC``, then the payload
+        delimited by an EOF mark). Once the server has loaded it, ``REPLICAOF NO ONE`` makes it a master again,
+        holding exactly the RDB's data (a full sync replaces every db).
+
+        The server must be able to connect back to this machine: to ``advertise_host`` (default: this machine's
+        address on the route to the server) on a port opened on ``listen_host`` (default: that same address).
+        Only the server's own address may connect when nothing is advertised.
+
+        :raises ReplicationUnavailable: the server refused REPLICAOF or did not connect within
+            ``accept_timeout`` seconds; it is a master again and its data is untouched.
+        :raises RedisError: the transfer broke or the server did not load the RDB within ``load_timeout``.
+        """
+        import redis
+
+        log = log or logging.getLogger(__name__)
+        admin = self.get_conn()
+        local = self.local_address()
+        listen_host = listen_host or local
+        allowed = None if advertise_host else self._server_addresses() | {local}
+        with socket.create_server((listen_host, 0)) as listener:
+            port = listener.getsockname()[1]
+            host = advertise_host or local
+            try:
+                admin.execute_command("REPLICAOF", host, port)
+            except redis.ResponseError as exc:
+                raise ReplicationUnavailable(f"{self.describe()} refused REPLICAOF {host} {port}: {exc}") from exc
+            try:
+                replica = self._accept_replica(listener, allowed, accept_timeout, host, port)
+                with replica:
+                    self._full_sync(replica, chunks)
+                    log.info("redis: the RDB is sent; %s is loading it", self.describe())
+                    self._wait_loaded(admin, listener, load_timeout)
+            finally:
+                try:
+                    admin.execute_command("REPLICAOF", "NO", "ONE")
+                except redis.RedisError as exc:  # the caller's verification then sees a replica
+                    log.error("redis: REPLICAOF NO ONE failed on %s: %s", self.describe(), exc)
+
+    def _server_addresses(self) -> set[str]:
+        kw = self.connection_kwargs
+        return {info[4][0] for info in socket.getaddrinfo(kw["host"], kw["port"], type=socket.SOCK_STREAM)}
+
+    def _accept_replica(self, listener: socket.socket, allowed: set[str] | None, timeout: float, host: str,
+                        port: int) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReplicationUnavailable(
+                    f"{self.describe()} did not connect back to {host}:{port} within {timeout:g} s (a firewall, "
+                    "or an address it cannot reach: set components.redis.replication_advertise_host)")
+            listener.settimeout(left)
+            try:
+                replica, (peer, *_) = listener.accept()
+            except TimeoutError:
+                continue
+            if allowed is None or peer in allowed:
+                replica.settimeout(self.timeout)
+                return replica
+            replica.close()  # only the server being restored may take its RDB
+
+    @staticmethod
+    def _full_sync(replica: socket.socket, chunks: Iterable[bytes]) -> None:
+        reader = _Reader(replica)
+        eof_capable = False
+        while True:  # the replica's handshake: PING, AUTH, REPLCONF ..., then PSYNC (or SYNC)
+            args = _read_command(reader)
+            name = args[0].upper()
+            if name == b"REPLCONF" and b"eof" in (a.lower() for a in args):
+                eof_capable = True
+            if name in (b"PSYNC", b"SYNC"):
+                break
+            replica.sendall(b"+PONG\r\n" if name == b"PING" else b"+OK\r\n")
+        if not eof_capable:
+            raise RedisError("the server did not announce 'capa eof' (Redis before 2.8.18): it cannot take an "
+                             "RDB streamed without its size")
+        if name == b"PSYNC":
+            replica.sendall(b"+FULLRESYNC %s 0\r\n" % secrets.token_hex(20).encode())
+        mark = secrets.token_hex(EOF_MARK_SIZE // 2).encode()
+        replica.sendall(b"$EOF:" + mark + b"\r\n")
+        for chunk in chunks:  # a read that fails leaves the mark unsent: the replica drops what it received
+            replica.sendall(chunk)
+        replica.sendall(mark)
+
+    def _wait_loaded(self, admin, listener: socket.socket, timeout: float) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0)
+        while time.monotonic() < deadline:
+            try:
+                info = admin.info("replication")
+                if info.get("master_link_status") == "up" and not int(info.get("master_sync_in_progress", 0)):
+                    return
+            except redis.BusyLoadingError:
+                pass
+            try:
+                again, _ = listener.accept()
+                again.close()
+                raise RedisError(f"{self.describe()} could not load the RDB and asked for it again (its log says "
+                                 "why: a checksum error, or an RDB version newer than the server's)")
+            except (BlockingIOError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise RedisError(f"{self.describe()} did not finish loading the RDB within {timeout:g} s")
+
+
+class ReplicationUnavailable(RedisError):
+    """The server could not be made to load the RDB as a replica (refused, or could not connect back)."""
+
+
+def _read_command(reader: _Reader) -> list[bytes]:
+    """One command sent by a replica: a RESP array of bulk strings, or an inline command."""
+    line = reader.readline(skip_empty=True)
+    if not line.startswith(b"*"):
+        return line.split()
+    args = []
+    for _ in range(int(line[1:])):
+        size = int(reader.readline()[1:])
+        data = b"".join(reader.exactly(size + 2, size + 2))
+        args.append(data[:-2])
+    return args
 
 
 def _command(sock: socket.socket, reader: _Reader, *args: str) -> bytes:

@@ -5,6 +5,7 @@ clearly."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import struct
@@ -31,6 +32,7 @@ from ragvault.rdb import (
     iter_restore_entries,
     lzf_decompress,
     module_type_name,
+    rdb_checksum,
 )
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -534,3 +536,17 @@ def test_crc64_and_lzf_match_redis():
     assert lzf_decompress(LZF_STRING[3:], 33) == LZF_TEXT
     with pytest.raises(RdbFormatError, match="expands to"):
         lzf_decompress(LZF_STRING[3:], 34)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 8, 9, 4096])
+def test_rdb_checksum_reads_any_chunking(piece):
+    body = b"REDIS0011" + os.urandom(20_000)
+    data = body + crc64(0, body).to_bytes(8, "little")
+    chunks = [data[i:i + piece] for i in range(0, len(data), piece)]
+    assert rdb_checksum(chunks) == (crc64(0, body), crc64(0, body))
+    damaged = bytearray(data)
+    damaged[100] ^= 1
+    stored, computed = rdb_checksum([bytes(damaged)])
+    assert stored == crc64(0, body) != computed
+    with pytest.raises(RdbTruncatedError):
+        rdb_checksum([b"1234567"])

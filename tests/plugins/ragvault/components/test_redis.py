@@ -12,6 +12,7 @@ import pytest
 
 from devstack import seed
 from devstack.state import redis_state, same_redis_state, spare_redis
+from ragvault.components.base import ComponentError
 from ragvault.components.redis import RedisComponent
 from ragvault.hooks.redis import RedisHook
 
@@ -87,19 +88,30 @@ def test_wrong_password_names_the_server(settings, context, monkeypatch):
 # -- restore ----------------------------------------------------------------------------------------------
 
 
+def with_redis_config(settings, **config):
+    data = {**settings.data, "components": {**settings.data["components"],
+                                            "redis": {**settings.data["components"]["redis"], **config}}}
+    return dataclasses.replace(settings, data=data)
+
+
+@pytest.mark.parametrize("method", ["replication", "restore"])
 def test_restore_onto_a_blank_server_over_the_network(settings, backed_up, restore_context, target_settings,
-                                                      redis_hook, seeded_redis, monkeypatch):
+                                                      redis_hook, seeded_redis, monkeypatch, method):
+    """replication: the target loads dump.rdb itself as the replica of the task for one full sync; restore: one
+    RESTORE per key. Both give the source's keys, values and TTLs, over data or not."""
     source = redis_state(redis_hook.get_conn)
     manifest = backed_up(RedisComponent(settings))
     with spare_redis(password="target-secret") as (port, client_for_db):
         monkeypatch.setenv("AIRFLOW_CONN_REDIS_TARGET", json.dumps({
             "conn_type": "redis", "host": "127.0.0.1", "port": port, "password": "target-secret"}))
-        restorer = RedisComponent(target_settings("redis", "redis_target"))
+        restorer = RedisComponent(with_redis_config(target_settings("redis", "redis_target"), restore_method=method))
         ctx = restore_context(manifest, "redis", restorer.settings)
         assert restorer.restore_items(ctx.section) == ["all"]
         assert not restorer.inspect_target(ctx, "all")["holds_data"]
         counts = restorer.restore(ctx, "all")
         assert counts["keys"] == sum(len(keys) for keys in source.values())
+        assert counts.get("replicated", 0) == (method == "replication")
+        assert client_for_db(0).info("replication")["role"] == "master"
         assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=1000) == []
         assert restorer.verify_restore(ctx, "all") == []
 
@@ -110,3 +122,60 @@ def test_restore_onto_a_blank_server_over_the_network(settings, backed_up, resto
         assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=1000) == []
         client_for_db(0).delete(next(iter(source[0])))
         assert any(p.startswith("db0:") for p in restorer.verify_restore(ctx, "all"))
+
+
+def test_auto_falls_back_to_restore_when_the_server_cannot_connect_back(
+    settings, backed_up, restore_context, target_settings, redis_hook, seeded_redis, monkeypatch, caplog
+):
+    """A server that cannot reach the worker (here: told to connect to an address nothing listens on) stays a
+    master with its data, and the restore goes on key by key, saying why."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ragvault")
+    source = redis_state(redis_hook.get_conn)
+    manifest = backed_up(RedisComponent(settings))
+    with spare_redis() as (port, client_for_db):
+        monkeypatch.setenv("AIRFLOW_CONN_REDIS_TARGET", json.dumps({"conn_type": "redis", "host": "127.0.0.1",
+                                                                    "port": port}))
+        restorer = RedisComponent(with_redis_config(
+            target_settings("redis", "redis_target"), replication_advertise_host="127.0.0.3",
+            replication_accept_seconds=2))
+        ctx = restore_context(manifest, "redis", restorer.settings)
+        counts = restorer.restore(ctx, "all")
+        assert "replicated" not in counts and counts["keys"] == sum(len(keys) for keys in source.values())
+        assert same_redis_state(source, redis_state(client_for_db), ttl_tolerance_ms=1000) == []
+        assert client_for_db(0).info("replication")["role"] == "master"
+        assert any("did not connect back to 127.0.0.3:" in r.getMessage() and "key by key" in r.getMessage()
+                   for r in caplog.records)
+
+        strict = RedisComponent(with_redis_config(restorer.settings, restore_method="replication"))
+        with pytest.raises(ComponentError, match="restore_method replication: .* did not connect back"):
+            strict.restore(ctx, "all")
+
+
+def test_a_damaged_rdb_is_refused_by_the_server_and_its_data_kept(
+    settings, backed_up, restore_context, target_settings, redis_hook, seeded_redis, monkeypatch, repo
+):
+    """A server that loads a damaged RDB from its master exits (rdbReportError, Redis's rdb.c): the task checks
+    the file's CRC64 before it makes the server a replica, refuses the damaged file and leaves the server as it
+    was."""
+    manifest = backed_up(RedisComponent(settings))
+    artifact = next(a for a in manifest["artifacts"] if a["key"].endswith("/redis/dump.rdb"))
+    rdb = bytearray(b"".join(repo.iter_artifact(artifact)))
+    rdb[len(rdb) // 2] ^= 0xFF
+    damaged = repo.put_artifact(manifest["backup_date"], "redis-damaged", "dump.rdb", bytes(rdb))
+    broken = json.loads(json.dumps(manifest))
+    broken["artifacts"] = [{**damaged.to_dict(), "key": a["key"], "stored_at": damaged.key, "component": "redis",
+                            "item": a["item"]} if a is artifact or a["key"] == artifact["key"] else a
+                           for a in broken["artifacts"]]
+    with spare_redis() as (port, client_for_db):
+        client_for_db(0).set("kept", "yes")
+        monkeypatch.setenv("AIRFLOW_CONN_REDIS_TARGET", json.dumps({"conn_type": "redis", "host": "127.0.0.1",
+                                                                    "port": port}))
+        restorer = RedisComponent(with_redis_config(target_settings("redis", "redis_target"),
+                                                    restore_method="replication"))
+        ctx = restore_context(broken, "redis", restorer.settings)
+        with pytest.raises(ComponentError, match="dump.rdb fails its CRC64 check .* nothing was sent"):
+            restorer.restore(ctx, "all")
+        assert client_for_db(0).info("replication")["role"] == "master"
+        assert client_for_db(0).get("kept") == b"yes"

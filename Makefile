@@ -4,6 +4,9 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.9
 SERVICES := include/devstack/services.sh
 WITH_ENV := set -a && source ./.services.env && set +a &&
+# Every process of the suite, the services and the benchmarks imports Airflow: compiled once into __pycache__
+# instead of from source each time (some machines set PYTHONDONTWRITEBYTECODE for every process).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help install services services-down status test lint demo bench clean
 

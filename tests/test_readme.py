@@ -22,6 +22,7 @@ BACKFILL = "airflow backfill create --dag-id intelligence_backup --from-date 202
 RUN_BY = {
     "make demo": "tests/test_readme.py",
     "make test": ".ci/run",
+    "make bench": "tests/test_bench.py",
     BACKFILL: "tests/test_readme.py",
     "airflow dags trigger intelligence_backup": "tests/e2e/test_scheduler.py",
     # Docker cannot run where this project is tested: the file's consistency is checked instead

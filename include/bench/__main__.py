@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(CASES)}")
 
-    root = Path(os.environ.get("RAGVAULT_DEVSTACK_DIR", ".devstack")) / "bench"
+    root = Path(os.environ.get("RAGVAULT_BENCH_ROOT")
+                or Path(os.environ.get("RAGVAULT_DEVSTACK_DIR", ".devstack")) / "bench")
     root.mkdir(parents=True, exist_ok=True)
     size = int(GiB * args.scale)
     random_file(root / "random.bin", size)

@@ -18,6 +18,7 @@ from bench.cases import BUCKET, CASES, MiB, s3_client
 
 GiB = 1024 * MiB
 REDIS_KEYS = 250_000
+MONGO_DOCUMENTS = 75_000
 WORDS = ("vector", "embedding", "chunk", "retrieval", "answer", "prompt", "context", "document", "model", "token",
          "latency", "index", "collection", "payload", "score", "query", "agent", "memory", "trace", "cache")
 
@@ -103,6 +104,29 @@ def fill_redis(port: int, keys: int) -> None:
     pipe.execute()
 
 
+def fill_mongo(documents: int) -> None:
+    """Documents shaped like a RAG store's: text chunks with metadata, in one database of two collections."""
+    from bench.cases import MONGO_DB, mongo_client
+
+    database = mongo_client()[MONGO_DB]
+    if database["chunks"].estimated_document_count() + database["sources"].estimated_document_count() == documents:
+        return
+    log(f"loading {documents} documents into the bench MongoDB")
+    database.client.drop_database(MONGO_DB)
+    rng = random.Random(13)
+    for name, count in (("chunks", documents * 9 // 10), ("sources", documents - documents * 9 // 10)):
+        batch = []
+        for number in range(count):
+            batch.append({"_id": number, "text": " ".join(rng.choice(WORDS) for _ in range(150)),
+                          "source": f"doc-{number // 20}", "page": number % 40, "score": rng.random(),
+                          "tags": rng.sample(WORDS, 4), "meta": {"lang": "pt", "chars": rng.randrange(2000)}})
+            if len(batch) == 1000:
+                database[name].insert_many(batch)
+                batch = []
+        if batch:
+            database[name].insert_many(batch)
+
+
 # -- running -------------------------------------------------------------------------------------------------
 
 def run_once(case: str, side: str, env: dict[str, str], log_file) -> tuple[float, float, int]:
@@ -124,7 +148,8 @@ def run_once(case: str, side: str, env: dict[str, str], log_file) -> tuple[float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ragvault's data paths against their baselines, side by side")
     parser.add_argument("--runs", type=int, default=5, help="counted runs of each side (after one warm-up)")
-    parser.add_argument("--scale", type=float, default=1.0, help="data size factor (1: 1 GiB files, 250k keys)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="data size factor (1: 1 GiB files, 250k Redis keys, 75k Mongo documents)")
     parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
     args = parser.parse_args(argv)
     cases = [case for case in args.only.split(",") if case]
@@ -151,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(start_redis(ports["source"], root / "redis-source"))
         servers.append(start_redis(ports["target"], root / "redis-target"))
         fill_redis(ports["source"], int(REDIS_KEYS * args.scale))
+        if "mongo-backup" in cases:
+            fill_mongo(int(MONGO_DOCUMENTS * args.scale))
         config = root / "ragvault.yaml"
         config.write_text(json.dumps({"bucket": BUCKET, "connections": {"redis": "redis_bench"}}))
         base_env = {**os.environ, "RAGVAULT_BENCH_DIR": str(root), "RAGVAULT_CONFIG": str(config),

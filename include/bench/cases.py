@@ -140,11 +140,52 @@ def redis_restore(side: str) -> None:
             server.wait(timeout=60)
 
 
+MONGO_DB = "ragvault_bench"
+
+
+def mongo_client():
+    import pymongo
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_MONGO_DEFAULT"])
+    return pymongo.MongoClient(conn.get("host") or "127.0.0.1", int(conn.get("port") or 27017),
+                               username=conn.get("login") or None, password=conn.get("password") or None)
+
+
+def mongo_backup(side: str) -> None:
+    """One database: the component (mongodump's gzip BSON dump and the Extended JSON export) against pymongo
+    reading raw batches, gzip, boto3 (the dump alone)."""
+    if side == "ragvault":
+        from ragvault.components.base import BackupContext
+        from ragvault.components.mongodb import MongoComponent
+        from ragvault.repository import BackupRepository
+
+        settings = _settings()
+        ctx = BackupContext(repo=BackupRepository.from_settings(settings), date=DATE, component="mongodb",
+                            run={"run_id": "bench"})
+        component = MongoComponent(settings)
+        begin()
+        component.backup(ctx, MONGO_DB)
+        return
+    import gzip
+
+    client, s3 = mongo_client(), s3_client()
+    begin()
+    database = client[MONGO_DB]
+    with tempfile.TemporaryDirectory(dir=data_dir()) as work:
+        for name in database.list_collection_names():
+            path = Path(work, f"{name}.bson.gz")
+            with gzip.open(path, "wb", compresslevel=6) as out:
+                for batch in database[name].find_raw_batches(sort=[("_id", 1)], batch_size=1000):
+                    out.write(batch)
+            s3.upload_file(str(path), BUCKET, f"baseline/{MONGO_DB}/{name}.bson.gz")
+
+
 CASES = {
     "upload-random": upload_random,
     "upload-jsonl-zstd": upload_jsonl_zstd,
     "redis-backup": redis_backup,
     "redis-restore": redis_restore,
+    "mongo-backup": mongo_backup,
 }
 
 

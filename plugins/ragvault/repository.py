@@ -39,6 +39,7 @@ MANIFEST_FORMAT = "ragvault.manifest/v1"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
+COALESCE = 256 * 1024  # small writes are gathered into blocks of this size
 DEFAULT_CONCURRENCY = 4  # parts in flight per artifact
 PROGRESS_EVERY = 256 * MiB
 SUFFIXES = {None: "", "zstd": ".zst", "gzip": ".gz"}
@@ -176,6 +177,47 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield from (line for line in lines if line.strip())
     if pending.strip():
         yield pending
+
+
+def prefetched(items: Iterable[Any], depth: int = 4, name: str = "ragvault-prefetch") -> Iterator[Any]:
+    """``items``, produced by a thread of their own at most ``depth`` ahead of the consumer: reading (a database
+    cursor, a download) overlaps with what the consumer does with the previous ones. An error in the producer
+    is raised in the consumer; a consumer that stops early stops the producer."""
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer
+            failure.append(exc)
+        while not stop.is_set():
+            try:
+                slots.put(done, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := slots.get()) is not done:
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def decrypted_chunks(chunks: Iterable[bytes], cipher: Cipher) -> Iterator[bytes]:
@@ -445,6 +487,7 @@ class ArtifactWriter:
         self._identity = self._compressor is None and self._encryptor is None and not precompressed
         self._raw_sha256 = _BackgroundHash()
         self._raw_size = 0
+        self._pending = bytearray()
         self.artifact: Artifact | None = None
 
     @property
@@ -452,13 +495,30 @@ class ArtifactWriter:
         return self._sink.key
 
     def write(self, data: bytes) -> int:
+        """Take ``data``; small writes (a document, a line) are gathered into blocks of ``COALESCE`` bytes first,
+        so hashing, compressing and encrypting run on blocks, not on each small piece."""
         if self.artifact is not None:
             raise ValueError(f"{self.key}: write after close")
+        size = len(data)
+        if size < COALESCE:
+            self._pending += data
+            if len(self._pending) >= COALESCE:
+                self._flush_pending()
+            return size
+        self._flush_pending()
+        self._process(data)
+        return size
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            block, self._pending = bytes(self._pending), bytearray()
+            self._process(block)
+
+    def _process(self, data: bytes) -> None:
         if not self._identity:
             self._raw_sha256.update(data)
         self._raw_size += len(data)
         self._store(self._compressor.compress(data) if self._compressor else data)
-        return len(data)
 
     def _store(self, data: bytes) -> None:
         self._sink.write(self._encryptor.update(data) if self._encryptor else data)
@@ -469,6 +529,7 @@ class ArtifactWriter:
 
     def close(self) -> Artifact:
         if self.artifact is None:
+            self._flush_pending()
             if self._compressor is not None:
                 self._store(self._compressor.flush())
             if self._encryptor is not None:

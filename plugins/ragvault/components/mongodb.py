@@ -75,10 +75,9 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bson
-from airflow.providers.mongo.hooks.mongo import MongoHook
 from bson import json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
@@ -94,11 +93,15 @@ from ragvault.components.base import (
     parse_time,
 )
 from ragvault.config import ConfigError, select
-from ragvault.repository import Artifact, ItemResult, iter_lines, utcnow_iso
+from ragvault.repository import Artifact, ItemResult, iter_lines, prefetched, utcnow_iso
 
 EJSON = json_util.CANONICAL_JSON_OPTIONS
+if TYPE_CHECKING:
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
 RAW = CodecOptions(document_class=RawBSONDocument)
 BATCH_SIZE = 1000
+PROGRESS_DOCUMENTS = 100_000
 #: the server's code for a duplicate key (an unordered insert reports one write error per refused document)
 DUPLICATE_KEY = 11000
 #: backed-up ``_id`` values looked up in the target with one ``$in`` query when verifying an interval collection
@@ -113,6 +116,9 @@ class MongoComponent(Component):
     parts = frozenset({STATE, INTERVAL})
 
     def hook(self) -> MongoHook:
+        # imported here: the provider takes seconds to import, and every task imports this module
+        from airflow.providers.mongo.hooks.mongo import MongoHook
+
         return MongoHook(mongo_conn_id=self.settings.conn_id("mongo"))
 
     def endpoint(self) -> str:
@@ -272,13 +278,19 @@ class MongoComponent(Component):
             dump = ctx.open_artifact(f"dump/{base}.bson", compression="gzip",
                                      content_type="application/bson") if native_dump else None
             try:
-                for raw in collection.find(query, batch_size=BATCH_SIZE, sort=sort):
+                # raw batches (the server's bytes, one blob a batch) read by a thread of their own while this one
+                # writes the previous batch to the dump as it is and encodes its documents for the export
+                batches = collection.find_raw_batches(query, batch_size=BATCH_SIZE, sort=sort)
+                next_progress = PROGRESS_DOCUMENTS
+                for batch in prefetched(batches, name=f"mongodb-{name}"):
                     if dump is not None:
-                        dump.write(raw.raw)
-                    export.write(json_util.dumps(raw, json_options=EJSON).encode() + b"\n")
-                    documents += 1
-                    if documents % 100_000 == 0:
+                        dump.write(batch)
+                    for raw in bson.decode_all(batch, RAW):
+                        export.write(json_util.dumps(raw, json_options=EJSON).encode() + b"\n")
+                        documents += 1
+                    if documents >= next_progress:
                         ctx.log.info("mongodb %s: %d documents so far", base, documents)
+                        next_progress += PROGRESS_DOCUMENTS
             except BaseException:
                 export.abort()
                 if dump is not None:

@@ -257,3 +257,44 @@ def test_check_bucket_names_the_real_cause(s3_client, bucket):
     with pytest.raises(RepositoryError, match=rf"http://127.0.0.1:{port} \(connection minio_s3\) is not reachable"):
         BackupRepository(nobody, bucket, conn_id="minio_s3").check_bucket()
     BackupRepository(s3_client, bucket).check_bucket()  # and the right one passes
+
+
+def test_prefetched_keeps_order_raises_the_producers_error_and_stops_with_the_consumer():
+    from ragvault.repository import prefetched
+
+    assert list(prefetched(iter(range(1000)), depth=3)) == list(range(1000))
+
+    def failing():
+        yield 1
+        raise ValueError("cursor lost")
+
+    with pytest.raises(ValueError, match="cursor lost"):
+        list(prefetched(failing()))
+
+    produced = []
+
+    def endless():
+        for number in range(10**9):
+            produced.append(number)
+            yield number
+
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()  # the consumer stops: the producer stops too, a few items ahead at most
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count <= 5 + 2 + 2
+
+
+def test_small_writes_are_gathered_without_changing_the_bytes(s3_client, bucket, backup_date):
+    """Documents written one by one (a few hundred bytes each) come out as the same stream, checksums exact."""
+    repo = BackupRepository(s3_client, bucket, part_size=5 * MiB)
+    pieces = [os.urandom(int.from_bytes(os.urandom(2), "big") % 700 + 1) for _ in range(30_000)]
+    payload = b"".join(pieces)
+    for compression in (None, "gzip"):
+        with repo.open_artifact(backup_date, "test", f"small-{compression}.bin", compression=compression) as writer:
+            for piece in pieces:
+                writer.write(piece)
+        artifact = writer.artifact
+        assert b"".join(repo.iter_artifact(artifact)) == payload
+        assert artifact.raw_size == len(payload) and artifact.raw_sha256 == hashlib.sha256(payload).hexdigest()

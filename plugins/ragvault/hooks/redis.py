@@ -134,6 +134,9 @@ class RedisHook(ConnectionHook):
         import redis
 
         log = log or logging.getLogger(__name__)
+        if self.connection_kwargs["ssl"]:
+            raise ReplicationUnavailable(f"{self.describe()} is reached over TLS: a replica of it would expect TLS "
+                                         "from its master too, which this task does not serve")
         admin = self.get_conn()
         local = self.local_address()
         listen_host = listen_host or local
@@ -148,7 +151,10 @@ class RedisHook(ConnectionHook):
             try:
                 replica = self._accept_replica(listener, allowed, accept_timeout, host, port)
                 with replica:
-                    self._full_sync(replica, chunks)
+                    try:
+                        self._full_sync(replica, chunks)
+                    except (OSError, ValueError, IndexError) as exc:
+                        raise RedisError(f"the replication handshake with {self.describe()} broke: {exc}") from exc
                     log.info("redis: the RDB is sent; %s is loading it", self.describe())
                     self._wait_loaded(admin, listener, load_timeout)
             finally:

@@ -278,7 +278,7 @@ def parse_manifest(body: bytes, where: str, date: str) -> dict[str, Any]:
 class _BackgroundHash:
     """A SHA-256 fed in order and computed by a thread of its own once the data is large: hashlib releases the
     GIL, so hashing runs beside reading, compressing and sending instead of after them. At most ``depth``
-    chunks wait for it (they are the chunks being uploaded anyway)."""
+    MiB slices wait for it (slices of the chunks being uploaded anyway)."""
 
     INLINE = 256 * 1024  # below this much data, a thread is not worth starting
 
@@ -296,7 +296,9 @@ class _BackgroundHash:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ragvault-sha256", daemon=True)
             self._thread.start()
-        self._queue.put(data)
+        view = memoryview(data)
+        for start in range(0, len(view), MiB):  # the queue holds at most depth MiB beyond the chunk at hand
+            self._queue.put(view[start:start + MiB])
 
     def _run(self) -> None:
         while (data := self._queue.get()) is not None:
@@ -555,6 +557,7 @@ class ArtifactWriter:
         return self.artifact
 
     def abort(self) -> None:
+        self._pending = bytearray()
         self._raw_sha256.close()
         self._sink.abort()
 

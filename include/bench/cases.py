@@ -101,8 +101,8 @@ def redis_backup(side: str) -> None:
 
 
 def redis_restore(side: str) -> None:
-    """The RDB back into an empty Redis: the component's RESTOREs over the network against redis-server loading
-    the same file from its data dir at start-up."""
+    """The RDB back into an empty Redis: the component's restore (by default the target loads it as the task's
+    replica) against redis-server loading the same file from its data dir at start-up."""
     if side == "ragvault":
         from ragvault.components.base import RestoreContext
         from ragvault.components.redis import RedisComponent

@@ -188,25 +188,24 @@ def prefetched(items: Iterable[Any], depth: int = 4, name: str = "ragvault-prefe
     stop = threading.Event()
     failure: list[BaseException] = []
 
+    def offer(item: Any) -> bool:
+        """Put ``item`` in a free slot; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as exc:  # handed to the consumer
             failure.append(exc)
-        while not stop.is_set():
-            try:
-                slots.put(done, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        offer(done)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()

@@ -43,7 +43,8 @@ DEFAULTS: dict[str, Any] = {
         "flag": {"redis_key": None, "variable": None},
     },
     "components": {
-        "qdrant": {"enabled": True, "include": [], "exclude": [], "scroll_batch": 256},
+        "qdrant": {"enabled": True, "include": [], "exclude": [], "scroll_batch": 256, "upsert_batch": 256,
+                   "upsert_parallel": 4},
         "mongodb": {
             "enabled": True,
             "include_databases": [],

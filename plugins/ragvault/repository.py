@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import zstandard
@@ -217,6 +218,52 @@ def prefetched(items: Iterable[Any], depth: int = 4, name: str = "ragvault-prefe
     finally:
         stop.set()
         thread.join()
+
+
+def file_chunks(path: Path, size: int = MiB) -> Iterator[bytes]:
+    """The bytes of the file at ``path``, ``size`` at a time."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last one shorter), drawn lazily."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int,
+                name: str = "ragvault-worker") -> Iterator[Any]:
+    """``fn(item)`` for each of ``items`` on up to ``workers`` threads, the results yielded in the items' order.
+
+    ``items`` is drawn lazily: at most ``workers`` of them are in flight (so a stream of batches stays bounded in
+    memory). The first failure is raised once the calls already running have ended; no further item starts.
+    With ``workers`` 1 everything runs on the caller's thread.
+    """
+    if workers <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        try:
+            for item in items:
+                if len(pending) >= workers:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(fn, item))
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            wait(pending)
 
 
 def decrypted_chunks(chunks: Iterable[bytes], cipher: Cipher) -> Iterator[bytes]:
@@ -669,6 +716,7 @@ class BackupRepository:
         cipher: Cipher | None = None,
         content_type: str = "application/octet-stream",
         staging: str | None = None,
+        concurrency: int | None = None,
     ) -> ArtifactWriter:
         """A streaming writer for one artifact.
 
@@ -678,9 +726,12 @@ class BackupRepository:
         :param cipher: encrypt client-side (after compression) with this key; the manifest records the
             scheme and the key's fingerprint, never the key.
         :param staging: write aside under this run's staging token (see :meth:`artifact_key`).
+        :param concurrency: parts in flight for this artifact (default: the repository's); 1 when several
+            artifacts are written at once (see :meth:`put_files`), so memory stays bounded by their number.
         """
         key = self.artifact_key(date, component, path, compression, staging)
-        sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size, self.concurrency)
+        sink = _MultipartSink(self.client, self.bucket, key, content_type, self.part_size,
+                              self.concurrency if concurrency is None else concurrency)
         return ArtifactWriter(sink, compression, content_type, precompressed, cipher)
 
     def put_artifact(
@@ -695,6 +746,22 @@ class BackupRepository:
         with self.open_artifact(date, component, path, **kwargs) as writer:
             writer.write_all([chunks] if isinstance(chunks, bytes | bytearray) else chunks)
         return writer.artifact
+
+    def put_files(self, date: str, component: str, files: Iterable[tuple[str, Path]], **kwargs: Any,
+                  ) -> list[Artifact]:
+        """Upload each local file ``(path, file)`` as the artifact ``path``, up to ``concurrency`` files at once
+        (many small files are bound by round trips, not bandwidth), each streamed from disk with one part in
+        flight: memory holds at most ``concurrency`` parts, as for one artifact. Returns the artifacts in the
+        order given; the first failure is raised (the files in flight then end, none further starts).
+        """
+
+        def upload(job: tuple[str, Path]) -> Artifact:
+            path, file = job
+            with self.open_artifact(date, component, path, concurrency=1, **kwargs) as writer:
+                writer.write_all(file_chunks(file))
+            return writer.artifact
+
+        return list(bounded_map(upload, files, self.concurrency, name=f"ragvault-{component}-files"))
 
     # -- reading --------------------------------------------------------------------------------------
     def iter_object(self, key: str, chunk_size: int = MiB, etag: str | None = None) -> Iterator[bytes]:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ragvault.config import Settings
@@ -92,6 +93,10 @@ class BackupContext:
 
     def put_artifact(self, path: str, chunks: Iterable[bytes] | bytes, **kwargs: Any) -> Artifact:
         return self.repo.put_artifact(self.date, self.component, path, chunks, staging=self.staging, **kwargs)
+
+    def put_files(self, files: Iterable[tuple[str, Path]], **kwargs: Any) -> list[Artifact]:
+        """Local files ``(path, file)`` uploaded several at once (see :meth:`BackupRepository.put_files`)."""
+        return self.repo.put_files(self.date, self.component, files, staging=self.staging, **kwargs)
 
     def result(self, item: str, **kwargs: Any) -> ItemResult:
         return ItemResult(component=self.component, item=item, captured_at=kwargs.pop("captured_at", utcnow_iso()),

@@ -138,7 +138,7 @@ from ragvault.components.base import (
 )
 from ragvault.crypto import Cipher, EncryptionError, load_cipher
 from ragvault.hooks.prometheus import PrometheusError, PrometheusHook, PrometheusUnreachable
-from ragvault.repository import Artifact, ItemResult, MiB, RepositoryError, utcnow_iso
+from ragvault.repository import Artifact, ItemResult, MiB, RepositoryError, bounded_map, file_chunks, utcnow_iso
 
 CONFIG_NAME = "prometheus.yml"
 RULES_NAME = "rules.yml"
@@ -369,12 +369,12 @@ class PrometheusComponent(Component):
             block_dirs = sorted(p for p in snapshot.iterdir() if (p / "meta.json").is_file())
         else:
             files = sorted(p for block_dir in block_dirs for p in block_dir.rglob("*") if p.is_file())
-        uploads: list[tuple[Path, Artifact]] = []
-        for path in files:
-            relative = path.relative_to(snapshot).as_posix()
-            with ctx.open_artifact(f"tsdb/{relative}", compression="zstd") as writer:
-                writer.write_all(_file_chunks(path))
-            uploads.append((path, writer.artifact))
+        total = sum(path.stat().st_size for path in files)
+        ctx.log.info("prometheus: uploading %d snapshot files (%d bytes), up to %d at once", len(files), total,
+                     ctx.repo.concurrency)
+        artifacts = ctx.put_files(((f"tsdb/{path.relative_to(snapshot).as_posix()}", path) for path in files),
+                                  compression="zstd")
+        uploads = list(zip(files, artifacts, strict=True))
         blocks = [self._block(ctx, block_dir, uploads) for block_dir in block_dirs]
         return uploads, blocks
 
@@ -890,11 +890,13 @@ class PrometheusComponent(Component):
             if staged.exists():
                 shutil.rmtree(staged)
             (staged / "chunks").mkdir(parents=True)
-            for inside, artifact in sorted(files.items()):
-                path = staged / inside
-                path.parent.mkdir(parents=True, exist_ok=True)
+            for inside in files:
+                (staged / inside).parent.mkdir(parents=True, exist_ok=True)
+
+            def fetch(job: tuple[str, dict[str, Any]]) -> int:
+                inside, artifact = job
                 digest, size = hashlib.sha256(), 0
-                with path.open("wb") as handle:
+                with (staged / inside).open("wb") as handle:
                     for chunk in ctx.read(artifact):
                         handle.write(chunk)
                         digest.update(chunk)
@@ -908,7 +910,11 @@ class PrometheusComponent(Component):
                                          f"{digest.hexdigest()[:12]}), the manifest says "
                                          f"{artifact.get('raw_size')} bytes (sha256 "
                                          f"{(artifact.get('raw_sha256') or '?')[:12]})")
-                written += size
+                return size
+
+            # the block's files (index, chunk segments) are fetched several at once, each streamed to disk
+            written = sum(bounded_map(fetch, sorted(files.items()), ctx.repo.concurrency,
+                                      name=f"prometheus-{ulid}"))
             for directory in sorted({p for p in staged.rglob("*") if p.is_dir()} | {staged}, reverse=True):
                 _fsync_dir(directory)
             _match_owner(staged, owner)
@@ -1043,12 +1049,6 @@ class PrometheusComponent(Component):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _file_chunks(path: Path, size: int = MiB) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(size):
-            yield chunk
-
-
 def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -1294,7 +1294,7 @@ def covering_block(meta: dict[str, Any], on_disk: dict[str, dict[str, Any]]) -> 
 
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    for chunk in _file_chunks(path):
+    for chunk in file_chunks(path):
         digest.update(chunk)
     return digest.hexdigest()
 

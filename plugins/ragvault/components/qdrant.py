@@ -30,7 +30,7 @@ from typing import Any
 from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
 from ragvault.hooks.qdrant import QdrantError, QdrantHook
-from ragvault.repository import ItemResult, iter_lines, utcnow_iso
+from ragvault.repository import ItemResult, batched, bounded_map, iter_lines, prefetched, utcnow_iso
 
 
 class QdrantComponent(Component):
@@ -113,14 +113,21 @@ class QdrantComponent(Component):
     @staticmethod
     def _scroll(hook: QdrantHook, collection: str, batch: int) -> Iterator[dict[str, Any]]:
         """Every point with all its vectors and payload, in id order, one page in memory at a time."""
+        for page in prefetched(QdrantComponent._pages(hook, collection, batch), depth=2,
+                               name=f"qdrant-{collection}-scroll"):
+            for point in page:
+                yield {"id": point["id"], "vector": point.get("vector"), "payload": point.get("payload") or {}}
+
+    @staticmethod
+    def _pages(hook: QdrantHook, collection: str, batch: int) -> Iterator[list[dict[str, Any]]]:
+        """The scroll API's pages in id order (fetched by a thread of their own while the last one is written)."""
         offset = None
         while True:
             body: dict[str, Any] = {"limit": batch, "with_payload": True, "with_vector": True}
             if offset is not None:
                 body["offset"] = offset
             page = hook.request("POST", f"/collections/{collection}/points/scroll", json=body)
-            for point in page["points"]:
-                yield {"id": point["id"], "vector": point.get("vector"), "payload": point.get("payload") or {}}
+            yield page["points"]
             offset = page.get("next_page_offset")
             if offset is None:
                 return
@@ -175,17 +182,23 @@ class QdrantComponent(Component):
             hook.request("PUT", f"/collections/{item}/index", params={"wait": "true"},
                          json={"field_name": field_name, "field_schema": field_schema})
         export = ctx.artifact(item, f"export/{item}.jsonl.zst")
-        batch, total = [], 0
-        for point in _json_lines(ctx.read(export)):
-            batch.append(point)
-            if len(batch) == 256:
-                hook.request("PUT", f"/collections/{item}/points", params={"wait": "true"}, json={"points": batch})
-                total += len(batch)
-                batch = []
-                if total % 100_000 == 0:
-                    ctx.log.info("qdrant %s: %d points upserted", item, total)
-        if batch:
+        size, parallel = int(self.config.get("upsert_batch", 256)), int(self.config.get("upsert_parallel", 4))
+
+        def upsert(batch: list[dict[str, Any]]) -> int:
             hook.request("PUT", f"/collections/{item}/points", params={"wait": "true"}, json={"points": batch})
+            return len(batch)
+
+        # batches of distinct ids: they may land in any order, so several are sent at once (as qdrant-client's
+        # upload_points(parallel=...) does), at most `parallel` of them in memory
+        total, next_log = 0, 100_000
+        for sent in bounded_map(upsert, batched(_json_lines(ctx.read(export)), size), parallel,
+                                name=f"qdrant-{item}"):
+            total += sent
+            if total >= next_log:
+                ctx.log.info("qdrant %s: %d points upserted", item, total)
+                next_log += 100_000
+        ctx.log.info("qdrant %s: %d points upserted from the export (%d a request, %d requests at once)", item,
+                     total, size, parallel)
 
     @staticmethod
     def _recreate_aliases(hook: QdrantHook, item: str, aliases: list[str]) -> None:

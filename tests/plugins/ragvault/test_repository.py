@@ -298,3 +298,66 @@ def test_small_writes_are_gathered_without_changing_the_bytes(s3_client, bucket,
         artifact = writer.artifact
         assert b"".join(repo.iter_artifact(artifact)) == payload
         assert artifact.raw_size == len(payload) and artifact.raw_sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_bounded_map_keeps_order_bounds_what_is_in_flight_and_stops_at_the_first_failure():
+    from ragvault.repository import batched, bounded_map
+
+    assert list(batched(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    running, peak, drawn, lock = [0], [0], [], threading.Lock()
+
+    def slow_square(n):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01 * (n % 3))  # later items often finish first: the order is still the items'
+        with lock:
+            running[0] -= 1
+        return n * n
+
+    def source():
+        for n in range(40):
+            drawn.append(n)
+            yield n
+
+    results = bounded_map(slow_square, source(), 4)
+    assert [next(results) for _ in range(3)] == [0, 1, 4]
+    assert len(drawn) <= 3 + 4  # drawn lazily: the ones handed back, and at most 4 in flight
+    assert list(results) == [n * n for n in range(3, 40)]
+    assert peak[0] == 4
+
+    started = []
+
+    def fail_on_five(n):
+        started.append(n)
+        if n == 5:
+            raise ValueError("item 5 refused")
+        time.sleep(0.02)
+        return n
+
+    with pytest.raises(ValueError, match="item 5 refused"):
+        list(bounded_map(fail_on_five, range(1000), 3))
+    assert max(started) < 5 + 3 + 1  # nothing far beyond the failure was started
+    assert list(bounded_map(lambda n: n + 1, range(5), 1)) == [1, 2, 3, 4, 5]
+
+
+def test_put_files_uploads_many_files_at_once_each_exact(s3_client, bucket, backup_date, tmp_path):
+    """Files of a tree (one larger than a part) uploaded several at once: each artifact holds its file's bytes,
+    the list comes back in the order given."""
+    repo = BackupRepository(s3_client, bucket, part_size=5 * MiB, concurrency=3)
+    contents = {f"tree/{i:02d}.bin": os.urandom(1000 * i) for i in range(12)}
+    contents["tree/big.bin"] = os.urandom(11 * MiB)
+    files = []
+    for path, data in contents.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+        files.append((path, tmp_path / path))
+    artifacts = repo.put_files(backup_date, "test", files, compression="zstd")
+    assert [a.key for a in artifacts] == [f"{backup_date}/test/{path}.zst" for path, _ in files]
+    for (path, _), artifact in zip(files, artifacts, strict=True):
+        assert b"".join(repo.iter_artifact(artifact)) == contents[path]
+        assert artifact.raw_sha256 == hashlib.sha256(contents[path]).hexdigest()
+
+    (tmp_path / "tree/03.bin").unlink()  # a file gone: the error names it
+    with pytest.raises(FileNotFoundError, match="03.bin"):
+        repo.put_files(backup_date, "test2", files)

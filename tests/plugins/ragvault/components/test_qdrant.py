@@ -135,9 +135,13 @@ def qdrant_state(hook: QdrantHook) -> dict:
 @pytest.mark.parametrize("refuse_snapshots", [False, True], ids=["from-snapshot", "rebuilt-from-export"])
 def test_restore_onto_a_blank_server(settings, backed_up, restore_context, target_settings, qdrant_hook,
                                      seeded_qdrant, blank_qdrant, refuse_snapshots):
-    manifest = backed_up(QdrantComponent(settings))
+    backup = QdrantComponent(settings)
+    backup.config = {**backup.config, "scroll_batch": 16}  # many pages, the next fetched while one is written
+    manifest = backed_up(backup)
     target = blank_qdrant(refuse_snapshots=refuse_snapshots)
     restorer = QdrantComponent(target_settings("qdrant", "qdrant_target"))
+    # small upsert batches, several in flight: a rebuild sends them out of order, and every point still lands
+    restorer.config = {**restorer.config, "upsert_batch": 7, "upsert_parallel": 3}
     ctx = restore_context(manifest, "qdrant", restorer.settings)
     items = restorer.restore_items(ctx.section)
     assert items == sorted(seeded_qdrant)

@@ -64,6 +64,31 @@ def jsonl_file(path: Path, size: int) -> None:
             written += len(block)
 
 
+def tree_dir(path: Path, size: int, blocks: int = 16) -> None:
+    """A TSDB snapshot's shape: per block a chunk segment (half random, half repeated samples: about 2x
+    compressible, like Gorilla-encoded chunks of regular series), an index, meta.json and tombstones."""
+    marker = path / ".size"
+    if marker.exists() and marker.read_text() == str(size):
+        return
+    log(f"writing a {blocks}-block tree of {size // MiB} MiB to {path}")
+    rng = random.Random(11)
+    per_block = size // blocks
+    for number in range(blocks):
+        block = path / f"01J{number:023d}"
+        (block / "chunks").mkdir(parents=True, exist_ok=True)
+        with open(block / "chunks" / "000001", "wb") as f:
+            left = per_block * 9 // 10
+            while left > 0:
+                piece = min(MiB, left)
+                f.write(os.urandom(piece // 2) + bytes([rng.randrange(8)]) * (piece - piece // 2))
+                left -= piece
+        (block / "index").write_bytes(os.urandom(per_block // 20) + b"\0" * (per_block // 20))
+        (block / "meta.json").write_text(json.dumps({"ulid": block.name, "minTime": number * 7_200_000,
+                                                     "maxTime": (number + 1) * 7_200_000, "version": 1}))
+        (block / "tombstones").write_bytes(b"\x01\x30\xba\x01\x00\x00\x00\x00\x00")
+    marker.write_text(str(size))
+
+
 def start_redis(port: int, directory: Path) -> subprocess.Popen:
     directory.mkdir(parents=True, exist_ok=True)
     # repl-diskless-sync-delay 0: without it both sides of the backup case wait Redis's default 5 s for more
@@ -163,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     size = int(GiB * args.scale)
     random_file(root / "random.bin", size)
     jsonl_file(root / "chunks.jsonl", size)
+    if "upload-tree" in cases:
+        tree_dir(root / "tree", size)
 
     client = s3_client()
     try:

@@ -72,6 +72,30 @@ def upload_jsonl_zstd(side: str) -> None:
     _upload("chunks.jsonl", "zstd" if side == "ragvault" else None, side)
 
 
+def upload_tree(side: str) -> None:
+    """A Prometheus-shaped tree (blocks of chunk segments, index, meta.json, tombstones), zstd on the way, files
+    several at once as the TSDB backup sends them, against boto3's transfer manager uploading the raw files
+    concurrently (what ``aws s3 cp --recursive`` does)."""
+    tree = data_dir() / "tree"
+    files = sorted(p for p in tree.rglob("*") if p.is_file())
+    client = s3_client()
+    if side == "ragvault":
+        from ragvault.repository import BackupRepository
+
+        repo = BackupRepository(client, BUCKET)
+        begin()
+        repo.put_files(DATE, "bench", ((f"tree/{p.relative_to(tree).as_posix()}", p) for p in files),
+                       compression="zstd")
+        return
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    begin()
+    with create_transfer_manager(client, TransferConfig(max_concurrency=10)) as manager:
+        futures = [manager.upload(str(p), BUCKET, f"baseline/tree/{p.relative_to(tree).as_posix()}") for p in files]
+        for future in futures:
+            future.result()
+
+
 def _settings():
     from ragvault.config import load_settings
 
@@ -183,6 +207,7 @@ def mongo_backup(side: str) -> None:
 CASES = {
     "upload-random": upload_random,
     "upload-jsonl-zstd": upload_jsonl_zstd,
+    "upload-tree": upload_tree,
     "redis-backup": redis_backup,
     "redis-restore": redis_restore,
     "mongo-backup": mongo_backup,

@@ -495,3 +495,22 @@ def test_no_shell_variable_is_left_for_compose_to_eat(raw):
             assert not match["bare"], f"unescaped ${match['bare']} in {text[:80]!r}"
             if match["name"]:
                 assert match["op"] in (":-", "-"), f"${{{match['name']}}} has no default: {text[:80]!r}"
+
+
+def test_the_image_ragvault_command_runs_the_mounted_package(tmp_path):
+    """The wrapper the Dockerfile writes, run as it is with the mounted plugins/ folder where the image mounts
+    it (here: this repository's) and the image's python (here: this one's), prints the command's help."""
+    import subprocess
+    import sys
+
+    line = re.search(r"printf '(.*?)' \\", DOCKERFILE.read_text()).group(1)
+    script = subprocess.run(["printf", line], capture_output=True, text=True, check=True).stdout
+    assert script.startswith("#!/bin/sh\n") and 'python -m ragvault.cli "$@"' in script
+    local = script.replace("/opt/airflow/plugins", str(REPO_ROOT / "plugins")).replace(
+        "python -m", f"{sys.executable} -m")
+    (tmp_path / "ragvault").write_text(local)
+    (tmp_path / "ragvault").chmod(0o755)
+    done = subprocess.run([str(tmp_path / "ragvault"), "--help"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "list, show, verify, diff" in done.stdout

@@ -31,6 +31,9 @@ RUN_BY = {
     "[\"qdrant\", \"mongodb\", \"redis\"], \"dry_run\": true}'": "tests/e2e/test_scheduler.py",
     "set -a && . ./.services.env && set +a": "tests/test_readme.py",
     "airflow dags test intelligence_backup 2025-09-22": "tests/test_readme.py",
+    ".venv/bin/ragvault list": "tests/test_readme.py",
+    ".venv/bin/ragvault show 2025-09-22": "tests/test_readme.py",
+    ".venv/bin/ragvault verify 2025-09-22 --sample 0.5": "tests/test_readme.py",
 }
 
 
@@ -71,6 +74,21 @@ def test_backup_of_a_day_after_sourcing_services_env():
     assert "components.prometheus.data_dir is not set" not in out
     # complete, or partial when the bucket already holds a newer backup (the day's state is then not captured)
     assert re.search(r"(complete|PARTIAL) backup of 2025-09-22: .*; \d+ artifacts", out), out[-3000:]
+
+
+def test_the_ragvault_command_on_the_local_stack():
+    """The README's `ragvault` commands, after the backup of 2025-09-22 above (made here when run alone)."""
+    if bash("set -a && . ./.services.env && set +a\n.venv/bin/ragvault show 2025-09-22", 120).returncode == 3:
+        test_backup_of_a_day_after_sourcing_services_env()
+    proc = bash("set -a && . ./.services.env && set +a\n"
+                ".venv/bin/ragvault list\n"
+                ".venv/bin/ragvault show 2025-09-22\n"
+                ".venv/bin/ragvault verify 2025-09-22 --sample 0.5\n", 300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"│ 2025-09-22 │ complete", proc.stdout), proc.stdout[-3000:]
+    assert "backup 2025-09-22 in s3://" in proc.stdout
+    assert re.search(r"2025-09-22: ok: (\d+) artifacts looked up, \d+ read back", proc.stdout), proc.stdout[-2000:]
+    assert "credentials retrieved" not in proc.stdout  # Airflow's INFO lines stay out of the output
 
 
 def test_backfill_dry_run_lists_the_folders(airflow):

@@ -775,8 +775,9 @@ class BackupRepository:
                   ) -> list[Artifact]:
         """Upload each local file ``(path, file)`` as the artifact ``path``, up to ``concurrency`` files at once
         (many small files are bound by round trips, not bandwidth), each streamed from disk with one part in
-        flight and compressed on its own thread: memory holds at most ``concurrency`` parts. Returns the artifacts in the
-        order given; the first failure is raised (the files in flight then end, none further starts).
+        flight and compressed on its own thread: memory holds at most ``concurrency`` parts. Returns the
+        artifacts in the order given; the first failure is raised (the files in flight then end, none further
+        starts).
         """
 
         def upload(job: tuple[str, Path]) -> Artifact:

@@ -138,7 +138,7 @@ from ragvault.components.base import (
 )
 from ragvault.crypto import Cipher, EncryptionError, load_cipher
 from ragvault.hooks.prometheus import PrometheusError, PrometheusHook, PrometheusUnreachable
-from ragvault.repository import Artifact, ItemResult, MiB, RepositoryError, bounded_map, file_chunks, utcnow_iso
+from ragvault.repository import Artifact, ItemResult, RepositoryError, bounded_map, file_chunks, utcnow_iso
 
 CONFIG_NAME = "prometheus.yml"
 RULES_NAME = "rules.yml"

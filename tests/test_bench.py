@@ -22,6 +22,6 @@ def test_make_bench_runs_every_case(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     rows = re.findall(r"^\| ([a-z-]+) \| ([\d.]+) \([\d.]+\) \| ([\d.]+) \([\d.]+\) \| ([\d.]+) \(", out, re.MULTILINE)
-    assert [case for case, *_ in rows] == ["upload-random", "upload-jsonl-zstd", "redis-backup", "redis-restore",
-                                              "mongo-backup"], out
+    assert [case for case, *_ in rows] == ["upload-random", "upload-jsonl-zstd", "upload-tree", "redis-backup",
+                                              "redis-restore", "mongo-backup", "list-dates"], out
     assert all(float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0 for _, ours, theirs, ratio in rows)

@@ -89,6 +89,39 @@ def tree_dir(path: Path, size: int, blocks: int = 16) -> None:
     marker.write_text(str(size))
 
 
+def fill_list_bucket(root: Path, dates: int) -> None:
+    """A bucket of ``dates`` consecutive nightly backups: synthetic manifests (nine components, 74 artifacts
+    each, as the demo stack's) written by the repository, so they carry the catalog summary."""
+    from bench.cases import LIST_BUCKET
+    from ragvault.repository import BackupRepository
+
+    client = s3_client()
+    try:
+        client.head_bucket(Bucket=LIST_BUCKET)
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=LIST_BUCKET)
+    (root / "list.yaml").write_text(json.dumps({"bucket": LIST_BUCKET}))
+    repo = BackupRepository(client, LIST_BUCKET)
+    have = {p["Prefix"].rstrip("/") for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=LIST_BUCKET, Delimiter="/") for p in page.get("CommonPrefixes", [])}
+    import datetime
+
+    wanted = [(datetime.date(2024, 1, 1) + datetime.timedelta(days=n)).isoformat() for n in range(dates)]
+    missing = [d for d in wanted if d not in have]
+    if missing:
+        log(f"writing {len(missing)} synthetic manifests into {LIST_BUCKET}")
+    components = ("qdrant", "mongodb", "redis", "langchain", "langsmith", "gpt", "infra", "prometheus", "grafana")
+    for date in missing:
+        artifacts = [{"key": f"{date}/{components[n % 9]}/part-{n}.zst", "component": components[n % 9],
+                      "item": "all", "size": 20_000 + n, "sha256": "0" * 64} for n in range(74)]
+        manifest = {"format": "ragvault.manifest/v1", "backup_date": date, "bucket": LIST_BUCKET,
+                    "created_at": f"{date}T02:10:00Z", "run": {"run_id": f"scheduled__{date}T02:00:00+00:00"},
+                    "components": {c: {"mode": "capture", "captured_at": f"{date}T02:01:00Z", "counts": {},
+                                       "items": {"all": {"counts": {}, "artifacts": []}}} for c in components},
+                    "artifacts": artifacts, "state": {"captured": True, "captured_at": f"{date}T02:01:00Z"}}
+        repo._write_manifest(manifest)
+
+
 def start_redis(port: int, directory: Path) -> subprocess.Popen:
     directory.mkdir(parents=True, exist_ok=True)
     # repl-diskless-sync-delay 0: without it both sides of the backup case wait Redis's default 5 s for more
@@ -205,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         fill_redis(ports["source"], int(REDIS_KEYS * args.scale))
         if "mongo-backup" in cases:
             fill_mongo(int(MONGO_DOCUMENTS * args.scale))
+        if "list-dates" in cases:
+            fill_list_bucket(root, max(2, int(1000 * args.scale)))
         config = root / "ragvault.yaml"
         config.write_text(json.dumps({"bucket": BUCKET, "connections": {"redis": "redis_bench"}}))
         base_env = {**os.environ, "RAGVAULT_BENCH_DIR": str(root), "RAGVAULT_CONFIG": str(config),

@@ -96,6 +96,33 @@ def upload_tree(side: str) -> None:
             future.result()
 
 
+LIST_BUCKET = "ragvault-bench-list"
+
+
+def list_dates(side: str) -> None:
+    """``ragvault list`` over a bucket of 1,000 dates (x scale) of nightly backups, against a script that lists
+    the date folders and reads each manifest."""
+    if side == "ragvault":
+        from ragvault.cli import main as ragvault
+
+        begin()
+        with open(os.devnull, "w") as sink:
+            stdout, sys.stdout = sys.stdout, sink
+            try:
+                code = ragvault(["--config", str(data_dir() / "list.yaml"), "list", "--json"])
+            finally:
+                sys.stdout = stdout
+        if code:
+            raise SystemExit(f"ragvault list exited {code}")
+        return
+    client = s3_client()
+    begin()
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=LIST_BUCKET, Delimiter="/"):
+        for prefix in page.get("CommonPrefixes", []):
+            json.loads(client.get_object(Bucket=LIST_BUCKET, Key=f"{prefix['Prefix']}manifest.json")["Body"].read())
+
+
 def _settings():
     from ragvault.config import load_settings
 
@@ -211,6 +238,7 @@ CASES = {
     "redis-backup": redis_backup,
     "redis-restore": redis_restore,
     "mongo-backup": mongo_backup,
+    "list-dates": list_dates,
 }
 
 

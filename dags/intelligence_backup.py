@@ -15,7 +15,9 @@ Nightly backup of the whole intelligence of the AI/RAG stack to `s3://<bucket>/<
 4. **commit_manifest**: puts every object in place, checks it and writes `<date>/manifest.json` last, with
    sizes, sha256, ETags, counts, each component's mode and when its state was captured. A date without a
    manifest is incomplete and is never offered for restore; a rerun of a date replaces its backup only here.
-5. **resume_ingestion** (teardown): always runs, puts ingestion back exactly as it was, releases the lock.
+5. **apply_retention**: removes the dates the retention rules no longer keep (`retention` in the settings; off
+   until enabled), never the one just committed.
+6. **resume_ingestion** (teardown): always runs, puts ingestion back exactly as it was, releases the lock.
 
 A failed component fails its task with a message naming component, item and cause; no manifest is
 written for that run. Configuration: `include/ragvault.yaml` (or `$RAGVAULT_CONFIG`). Restore with the
@@ -30,6 +32,7 @@ from airflow.sdk import DAG, CronTriggerTimetable, TaskGroup, TriggerRule
 from ragvault.components import REGISTRY
 from ragvault.config import load_settings
 from ragvault.operators import (
+    ApplyRetentionOperator,
     BackupComponentOperator,
     CommitManifestOperator,
     ListItemsOperator,
@@ -76,6 +79,7 @@ with DAG(
     commit = CommitManifestOperator(
         task_id="commit_manifest", results_from=results_from, trigger_rule=TriggerRule.NONE_FAILED
     )
+    retention = ApplyRetentionOperator(task_id="apply_retention")
     resume = ResumeIngestionOperator(task_id="resume_ingestion")
 
-    pause >> plan >> groups >> commit >> resume.as_teardown(setups=pause)
+    pause >> plan >> groups >> commit >> retention >> resume.as_teardown(setups=pause)

@@ -34,6 +34,7 @@ RUN_BY = {
     ".venv/bin/ragvault list": "tests/test_readme.py",
     ".venv/bin/ragvault show 2025-09-22": "tests/test_readme.py",
     ".venv/bin/ragvault verify 2025-09-22 --sample 0.5": "tests/test_readme.py",
+    ".venv/bin/ragvault prune --dry-run": "tests/test_readme.py",
 }
 
 
@@ -83,12 +84,14 @@ def test_the_ragvault_command_on_the_local_stack():
     proc = bash("set -a && . ./.services.env && set +a\n"
                 ".venv/bin/ragvault list\n"
                 ".venv/bin/ragvault show 2025-09-22\n"
-                ".venv/bin/ragvault verify 2025-09-22 --sample 0.5\n", 300)
+                ".venv/bin/ragvault verify 2025-09-22 --sample 0.5\n"
+                ".venv/bin/ragvault prune --dry-run\n", 300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"│ 2025-09-22 │ complete", proc.stdout), proc.stdout[-3000:]
     assert "backup 2025-09-22 in s3://" in proc.stdout
     assert re.search(r"2025-09-22: ok: (\d+) artifacts looked up, \d+ read back", proc.stdout), proc.stdout[-2000:]
     assert "credentials retrieved" not in proc.stdout  # Airflow's INFO lines stay out of the output
+    assert "(dry run: nothing removed)" in proc.stdout
 
 
 def test_backfill_dry_run_lists_the_folders(airflow):

@@ -120,7 +120,9 @@ def list_dates(side: str) -> None:
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=LIST_BUCKET, Delimiter="/"):
         for prefix in page.get("CommonPrefixes", []):
-            json.loads(client.get_object(Bucket=LIST_BUCKET, Key=f"{prefix['Prefix']}manifest.json")["Body"].read())
+            if prefix["Prefix"][:1].isdigit():  # a date folder (not .ragvault/)
+                json.loads(client.get_object(Bucket=LIST_BUCKET,
+                                             Key=f"{prefix['Prefix']}manifest.json")["Body"].read())
 
 
 def _settings():

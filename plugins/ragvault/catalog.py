@@ -4,10 +4,12 @@
 bucket through this module, which reads it through the one repository object (``ragvault.repository``): the
 layout, manifest and checksum rules stay there.
 
-A listing reads one LIST of the date folders and, for each date, the HEAD of its manifest (whose metadata carries
-the summary: artifacts, stored bytes, each component's mode) and of its last verification record, several at
-once: years of nightly backups list in about a second, without reading a manifest. Manifests written before the
-summary existed are read once each.
+A listing reads one LIST of the date folders and one of the catalog's index (``.ragvault/catalog/``: empty objects
+whose names carry each manifest's summary and last verification, written with them): years of nightly backups
+list in a few requests, without reading a manifest. A date the index does not name (a manifest written before
+the index existed, or a commit cut short between the two) is read from its manifest's HEAD, whose metadata
+carries the same summary; ``check=True`` reads every date that way. Manifests written before either existed
+are read once each.
 """
 
 from __future__ import annotations
@@ -51,18 +53,53 @@ def backup_dates(repo: BackupRepository) -> list[str]:
     return sorted(dates)
 
 
-def list_backups(repo: BackupRepository, workers: int = LIST_WORKERS) -> list[dict[str, Any]]:
+def list_backups(repo: BackupRepository, workers: int = LIST_WORKERS, *, check: bool = False,
+                 ) -> list[dict[str, Any]]:
     """One entry a date, oldest first: ``date``, ``complete``, ``state_captured_at``, ``created_at``, ``run_id``,
     ``components`` (name -> mode), ``artifacts``, ``size`` (stored bytes), ``verification`` (the last
     :func:`verify`'s summary, None when never verified or when the backup was replaced since) and ``problem``
-    (why a folder that holds a manifest cannot be read as a backup)."""
-    return list(bounded_map(lambda date: _entry(repo, date), backup_dates(repo), workers, name="ragvault-list"))
+    (why a folder that holds a manifest cannot be read as a backup).
+
+    Dates the catalog's index names are read from it (two LISTs in all); the others, and every date with
+    ``check``, from their manifest's HEAD (several at once).
+    """
+    index = {} if check else repo.catalog_index()
+    return list(bounded_map(lambda date: _entry(repo, date, index.get(date)), backup_dates(repo), workers,
+                            name="ragvault-list"))
 
 
-def _entry(repo: BackupRepository, date: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"date": date, "complete": False, "state_captured_at": None, "created_at": None,
-                             "run_id": None, "components": {}, "artifacts": None, "size": None,
-                             "verification": None, "problem": None}
+def _blank(date: str) -> dict[str, Any]:
+    return {"date": date, "complete": False, "state_captured_at": None, "created_at": None, "run_id": None,
+            "components": {}, "artifacts": None, "size": None, "verification": None, "problem": None}
+
+
+def _summarised(entry: dict[str, Any], summary: dict[str, str]) -> dict[str, Any]:
+    entry.update(
+        complete=True,
+        created_at=summary.get("created-at") or None,
+        run_id=summary.get("run-id") or None,
+        components=dict(pair.split(":", 1) for pair in summary.get("components", "").split(",") if ":" in pair),
+        artifacts=int(summary.get("artifacts") or 0),
+        size=int(summary.get("stored-bytes") or 0),
+    )
+    return entry
+
+
+def _verification(fields: dict[str, Any]) -> dict[str, Any]:
+    return {"result": fields.get("result"), "verified_at": fields.get("verified-at"),
+            "checked": int(fields.get("checked") or 0), "read": int(fields.get("read") or 0)}
+
+
+def _entry(repo: BackupRepository, date: str, indexed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    entry = _blank(date)
+    if indexed and "m" in indexed:
+        manifest = indexed["m"]
+        _summarised(entry, manifest["fields"])
+        entry["state_captured_at"] = manifest["fields"].get("state-captured-at") or None
+        verified = indexed.get("v")
+        if verified is not None and verified["etag"] == manifest["etag"]:
+            entry["verification"] = _verification(verified["fields"])
+        return entry
     head = repo.head(repo.manifest_key(date))
     if head is None:  # a run that never committed: what it left
         objects = list(repo.list_keys(f"{date}/"))
@@ -80,21 +117,12 @@ def _entry(repo: BackupRepository, date: str) -> dict[str, Any]:
             return entry
         summary = manifest_summary(manifest)
         entry["state_captured_at"] = state_captured_at(manifest)
-    entry.update(
-        complete=True,
-        created_at=summary.get("created-at") or None,
-        run_id=summary.get("run-id") or None,
-        components=dict(pair.split(":", 1) for pair in summary.get("components", "").split(",") if ":" in pair),
-        artifacts=int(summary.get("artifacts") or 0),
-        size=int(summary.get("stored-bytes") or 0),
-    )
+    _summarised(entry, summary)
     verified = repo.head(repo.verification_key(date))
     if verified is not None:
         record = verified.get("Metadata") or {}
         if record.get("manifest-etag") == head["ETag"].strip('"'):
-            entry["verification"] = {"result": record.get("result"), "verified_at": record.get("verified-at"),
-                                     "checked": int(record.get("checked") or 0),
-                                     "read": int(record.get("read") or 0)}
+            entry["verification"] = _verification(record)
     return entry
 
 
@@ -193,12 +221,13 @@ def verify(repo: BackupRepository, date: str, *, sample: float = 1.0, cipher_loa
               "read_bytes": read_bytes, "sample": sample, "problems": problems, "verified_at": utcnow_iso(),
               "manifest_etag": (manifest_head or {}).get("ETag", "").strip('"')}
     if record:
-        repo.client.put_object(
-            Bucket=repo.bucket, Key=repo.verification_key(date), ContentType="application/json",
-            Body=json.dumps(result, indent=2).encode(),
-            Metadata={"result": "ok" if result["ok"] else "failed", "verified-at": result["verified_at"],
-                      "manifest-etag": result["manifest_etag"], "checked": str(result["checked"]),
-                      "read": str(result["read"])})
+        fields = {"result": "ok" if result["ok"] else "failed", "verified-at": result["verified_at"],
+                  "manifest-etag": result["manifest_etag"], "checked": str(result["checked"]),
+                  "read": str(result["read"])}
+        repo.drop_index(date, "v")
+        repo.client.put_object(Bucket=repo.bucket, Key=repo.verification_key(date), ContentType="application/json",
+                               Body=json.dumps(result, indent=2).encode(), Metadata=fields)
+        repo.write_index(date, "v", result["manifest_etag"], fields)
     return result
 
 

@@ -4,13 +4,15 @@
     ragvault show DATE [--json]                     components, items, counts, sizes, versions, the run
     ragvault verify (DATE ... | --all) [--sample F] re-read and re-hash artifacts; the result is kept in the bucket
     ragvault diff DATE1 DATE2 [--json]              what changed per component between two backups
+    ragvault prune [--dry-run] [--json]             remove the dates the retention rules no longer keep
 
 The settings come from ``--config`` (else ``$RAGVAULT_CONFIG``, else ``include/ragvault.yaml``): the bucket, and the
 Airflow connection ids of the bucket (``connections.s3``) and of the encryption key. Outside Airflow, define them
 as environment variables, as Airflow reads them: ``AIRFLOW_CONN_MINIO_S3='{"conn_type": "aws", ...}'``.
 
-Exit status: 0 done (verify: every backup checked is sound), 1 verify found problems, 2 wrong usage,
-3 the bucket or a backup cannot be read.
+Exit status: 0 done (verify: every backup checked is sound), 1 verify found problems or prune could not remove a
+date, 2 wrong usage (prune without retention enabled, say), 3 the bucket or a backup cannot be read, or a run
+holds the bucket's lock.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ def human(size: int | None) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="ragvault", description="The backups in the bucket: list, show, verify, diff.",
-                                   epilog="Exit status: 0 done, 1 verify found problems, 2 wrong usage, 3 the "
-                                          "bucket or a backup cannot be read.")
+    main = argparse.ArgumentParser(prog="ragvault",
+                                   description="The backups in the bucket: list, show, verify, diff, prune.",
+                                   epilog="Exit status: 0 done, 1 verify found problems (prune: a date could not "
+                                          "be removed), 2 wrong usage, 3 the bucket or a backup cannot be read, "
+                                          "or a run holds the bucket's lock.")
     main.add_argument("--config", help="settings file (default: $RAGVAULT_CONFIG, else include/ragvault.yaml)")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="one line a date")
     listing.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    listing.add_argument("--check", action="store_true",
+                         help="read each date's manifest (HEAD) instead of the catalog's index")
     show = commands.add_parser("show", help="one backup in detail")
     show.add_argument("date")
     show.add_argument("--json", action="store_true")
@@ -62,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("older")
     compare.add_argument("newer")
     compare.add_argument("--json", action="store_true")
+    prune = commands.add_parser("prune", help="apply the retention rules (retention in the settings)")
+    prune.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
+    prune.add_argument("--json", action="store_true")
     return main
 
 
@@ -87,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify" and not 0 < args.sample <= 1:
             raise ValueError(f"--sample is a fraction in (0, 1], not {args.sample}")
         settings = load_settings(args.config)
+        if args.command == "prune":
+            policy = settings.retention
+            if not policy.enabled and not args.dry_run:
+                raise ValueError(f"retention is not enabled (retention.enabled in {settings.source}): nothing is "
+                                 "removed; --dry-run shows what the rules would remove")
     except (ValueError, ConfigError) as exc:
         err.print(f"ragvault {args.command}: {exc}")
         return USAGE
@@ -106,7 +120,7 @@ def _print_json(out: Console, data: Any) -> None:
 def cmd_list(args, repo, settings, out: Console, err: Console) -> int:
     from ragvault.catalog import list_backups
 
-    entries = list_backups(repo)
+    entries = list_backups(repo, check=args.check)
     if args.json:
         _print_json(out, entries)
         return OK
@@ -219,7 +233,51 @@ def cmd_diff(args, repo, settings, out: Console, err: Console) -> int:
     return OK
 
 
-COMMANDS = {"list": cmd_list, "show": cmd_show, "verify": cmd_verify, "diff": cmd_diff}
+def cmd_prune(args, repo, settings, out: Console, err: Console) -> int:
+    import socket
+
+    from ragvault.lock import BucketLock, LockedError, lease_seconds
+    from ragvault.retention import apply_retention
+
+    logging.getLogger("ragvault.retention").setLevel(logging.WARNING)  # the table says it all
+    lock = BucketLock(repo.client, repo.bucket, f"ragvault-prune@{socket.gethostname()}:{os.getpid()}",
+                      lease=lease_seconds(settings.data["lock"]))
+    if args.dry_run:
+        outcome = apply_retention(repo, settings.retention, dry_run=True)
+    else:
+        try:
+            lock.acquire(wait=0)
+        except LockedError as exc:
+            err.print(f"ragvault prune: {exc}")
+            return UNREADABLE
+        try:
+            with lock.keep_alive():
+                outcome = apply_retention(repo, settings.retention)
+        finally:
+            lock.release()
+    if args.json:
+        _print_json(out, outcome)
+        return PROBLEMS if outcome["failed"] else OK
+    table = Table(title=f"retention in s3://{repo.bucket}{' (dry run: nothing removed)' if args.dry_run else ''}",
+                  title_justify="left")
+    for column in ("date", "status", "decision", "size", "why"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for date, decision in outcome["decisions"].items():
+        verdict = "keep" if decision["keep"] else ("would remove" if args.dry_run else
+                                                   "FAILED" if date in outcome["failed"] else "removed")
+        table.add_row(date, "complete" if decision["complete"] else "incomplete", verdict, human(decision["size"]),
+                      "; ".join(decision["reasons"]))
+    out.print(table)
+    gone = [d for d, v in outcome["decisions"].items() if not v["keep"]]
+    freed = sum(outcome["decisions"][d]["size"] or 0 for d in gone)
+    out.print(f"{len(outcome['decisions']) - len(gone)} kept, {len(gone)} "
+              f"{'to remove' if args.dry_run else 'removed'} ({human(freed)})")
+    for date, why in outcome["failed"].items():
+        err.print(f"ragvault prune: {date}: {why}")
+    return PROBLEMS if outcome["failed"] else OK
+
+
+COMMANDS = {"list": cmd_list, "show": cmd_show, "verify": cmd_verify, "diff": cmd_diff, "prune": cmd_prune}
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "lock": {"wait_seconds": 3600, "lease_seconds": 600},
     "transfer": {"part_size_mib": 8, "concurrency": 4},
     "backfill": {"state_parts": "skip"},
+    "retention": {"enabled": False, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2,
+                  "min_age_days": 3, "incomplete_after_days": 7},
     "ingestion": {
         "pause_dag_ids": [],
         "drain_timeout_seconds": 1800,
@@ -170,6 +172,16 @@ class Settings:
             raise ConfigError(f"{self.source}: transfer.part_size_mib must be at least 5 (S3's smallest part) and "
                               f"transfer.concurrency at least 1, not {part_size} and {concurrency}")
         return {"part_size_mib": part_size, "concurrency": concurrency}
+
+    @property
+    def retention(self):
+        """The retention policy (:class:`ragvault.retention.Policy`); ``enabled`` False keeps every backup."""
+        from ragvault.retention import Policy
+
+        try:
+            return Policy.from_settings(self.data["retention"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: retention: {exc}") from None
 
     @property
     def ingestion(self) -> dict[str, Any]:

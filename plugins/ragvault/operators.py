@@ -365,6 +365,44 @@ class PauseIngestionOperator(_RagvaultOperator):
             raise
 
 
+class ApplyRetentionOperator(_BackupOperator):
+    """Apply the retention policy (``retention`` in the settings, see ``ragvault.retention``) once the run's
+    backup is committed: every date is kept or removed by the GFS rules, each decision logged with its rule.
+    The run's own date is never removed. Runs while the run holds the bucket's lock; with ``retention.enabled``
+    false it only logs that every backup is kept.
+
+    :param dry_run: log the decisions without removing anything (templated).
+    :param backup_date: the run's date folder (templated; default the run's date): protected.
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("backup_date", "config_path", "dry_run")
+    ui_color = "#eaf2d3"
+
+    def __init__(self, *, dry_run: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("plan_task_id", None)
+        super().__init__(**kwargs)
+        self.dry_run = dry_run
+
+    def execute(self, context) -> dict[str, Any]:
+        from ragvault.retention import apply_retention
+
+        settings = self.settings()
+        policy = settings.retention
+        if not policy.enabled:
+            self.log.info("retention is not enabled (retention.enabled in %s): every backup is kept", settings.source)
+            return {"enabled": False, "removed": []}
+        repo = self.repository(settings)
+        date = self.date(context)
+        with self.lock(context, settings, repo).keep_alive():
+            outcome = apply_retention(repo, policy, protect={date}, dry_run=bool(self.dry_run))
+        if outcome["failed"]:
+            raise RepositoryError("retention could not remove " + "; ".join(
+                f"{d}: {why}" for d, why in outcome["failed"].items()))
+        return {"enabled": True, "removed": outcome["removed"], "objects": outcome["objects"],
+                "bytes": outcome["bytes"], "kept": sorted(d for d, v in outcome["decisions"].items() if v["keep"])}
+
+
 class ResumeIngestionOperator(_RagvaultOperator):
     """Put ingestion back exactly as it was before the pause, then release the lock (a teardown: it also runs
     after failures).

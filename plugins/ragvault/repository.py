@@ -14,6 +14,7 @@ computed, and they go into the manifest.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -293,6 +294,9 @@ def state_captured_at(manifest: dict[str, Any]) -> str | None:
 
 #: where each multipart upload in progress is noted until it completes or is aborted
 UPLOADS_PREFIX = ".ragvault/uploads/"
+#: the catalog's index: empty objects whose names carry each date's manifest summary and last verification, so
+#: that one LIST (a thousand names a page) lists years of backups; see :meth:`BackupRepository.catalog_index`
+CATALOG_PREFIX = ".ragvault/catalog/"
 
 
 def manifest_summary(manifest: dict[str, Any]) -> dict[str, str]:
@@ -1025,12 +1029,58 @@ class BackupRepository:
         key = self.manifest_key(date)
         state = manifest.get("state") or {}
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
-                               Metadata={"state-captured-at": state.get("captured_at") or "",
-                                         "backup-date": date, "format": MANIFEST_FORMAT,
-                                         **manifest_summary(manifest)})
+        summary = manifest_summary(manifest)
+        # the index names the manifest it summarises: the old name goes first, so that a crash in between
+        # leaves no name at all (the catalog then reads the manifest's HEAD), never a stale one
+        self.drop_index(date, "m")
+        answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                                        Metadata={"state-captured-at": state.get("captured_at") or "",
+                                                  "backup-date": date, "format": MANIFEST_FORMAT, **summary})
+        self.write_index(date, "m", answer["ETag"].strip('"'),
+                         {**summary, "state-captured-at": state.get("captured_at") or ""})
         log.info("manifest s3://%s/%s written: %d artifacts", self.bucket, key, len(manifest["artifacts"]))
         return key
+
+    # -- the catalog's index ----------------------------------------------------------------------------
+    @staticmethod
+    def index_prefix(date: str | None = None) -> str:
+        return CATALOG_PREFIX + (f"{check_date(date)}/" if date else "")
+
+    def write_index(self, date: str, kind: str, etag: str, fields: dict[str, str]) -> None:
+        """Name ``<prefix><date>/<kind>.<manifest etag>/<fields as base64url JSON>`` (``m``: the manifest's
+        summary, ``v``: the last verification of that manifest); the body is empty."""
+        packed = base64.urlsafe_b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()
+        # in segments of 200: MinIO keeps an object as a file, and a file name ends at 255 bytes
+        key = f"{self.index_prefix(date)}{kind}.{etag}/" + "/".join(packed[i:i + 200]
+                                                                   for i in range(0, len(packed), 200))
+        if len(key.encode()) > 1000:  # S3 names end at 1024 bytes: without a name the catalog reads the HEAD
+            log.warning("%s: catalog summary too long for an index name; listing reads the manifest instead", date)
+            return
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+
+    def drop_index(self, date: str, kind: str | None = None) -> None:
+        """Remove the index names of ``date`` (of one ``kind`` only, when given)."""
+        prefix = self.index_prefix(date) + (f"{kind}." if kind else "")
+        for obj in list(self.list_keys(prefix)):
+            self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+
+    def catalog_index(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every index name, read from one paginated LIST: ``{date: {kind: {"etag", "fields"}}}`` (the newest
+        name of a kind wins when a crash left two)."""
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for obj in self.list_keys(CATALOG_PREFIX):
+            date, _, name = obj["Key"][len(CATALOG_PREFIX):].partition("/")
+            head, _, packed = name.partition("/")
+            kind, _, etag = head.partition(".")
+            packed = packed.replace("/", "")
+            try:
+                fields = json.loads(base64.urlsafe_b64decode(packed.encode()))
+            except ValueError:
+                continue
+            seen = found.setdefault(date, {}).get(kind)
+            if seen is None or obj["LastModified"] > seen["modified"]:
+                found[date][kind] = {"etag": etag, "fields": fields, "modified": obj["LastModified"]}
+        return found
 
     def _prune(self, manifest: dict[str, Any]) -> tuple[int, int]:
         """Remove the objects under the manifest's date that it does not name (an earlier run's, staged copies

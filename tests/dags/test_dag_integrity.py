@@ -29,12 +29,13 @@ def test_backup_dag_shape(dagbag):
     tasks = dag.task_dict
 
     pause, resume, commit = tasks["pause_ingestion"], tasks["resume_ingestion"], tasks["commit_manifest"]
-    # pause first, as the setup; resume last, as its teardown; the manifest right before resume
+    # pause first, as the setup; resume last, as its teardown; the manifest, then retention, right before resume
     assert pause.is_setup and not pause.upstream_task_ids
     assert resume.is_teardown and not resume.downstream_task_ids
     assert pause.task_id in resume.upstream_task_ids
-    assert resume.upstream_task_ids == {"commit_manifest", "pause_ingestion"}
-    assert commit.downstream_task_ids == {"resume_ingestion"}
+    assert resume.upstream_task_ids == {"apply_retention", "pause_ingestion"}
+    assert commit.downstream_task_ids == {"apply_retention"}
+    assert tasks["apply_retention"].downstream_task_ids == {"resume_ingestion"}
     # the plan (what a run for this date can capture) right after the pause, before any component
     assert tasks["plan_backup"].upstream_task_ids == {"pause_ingestion"}
 

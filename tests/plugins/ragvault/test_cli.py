@@ -63,7 +63,9 @@ def catalog_bucket(new_bucket, s3_client, tmp_path_factory):
     }, cipher=cipher)
     repo.put_artifact(D3, "qdrant", "export/docs.jsonl", b"left by a run that never committed")
     old = backup(repo, D4, {("redis", "all"): {"counts": {"keys": 1}, "files": {"dump.rdb": b"REDIS0011x"}}})
-    s3_client.put_object(Bucket=name, Key=f"{D4}/manifest.json", Body=json.dumps(old).encode())  # no metadata
+    # as written before the summary and the index existed: no metadata, no index name
+    s3_client.put_object(Bucket=name, Key=f"{D4}/manifest.json", Body=json.dumps(old).encode())
+    repo.drop_index(D4)
     return {"name": name, "config": config, "repo": repo}
 
 
@@ -88,6 +90,15 @@ def test_list_shows_every_date_complete_or_not_with_modes_sizes_and_verification
     lines = {line.split()[1]: line for line in text.stdout.splitlines() if line.startswith("│ 2031")}
     assert "incomplete" in lines[D3] and "complete" in lines[D1] and "capture: qdrant, redis" in lines[D2]
     assert "3 complete, 1 incomplete" in text.stdout
+
+
+def test_the_index_and_the_manifests_heads_list_the_same(catalog_bucket):
+    """``list`` reads the catalog's index (one LIST); ``list --check`` every manifest's HEAD: the same entries. The
+    index names the dates whose manifest the repository wrote, not the one written by hand."""
+    indexed = json.loads(run(catalog_bucket["config"], "list", "--json").stdout)
+    checked = json.loads(run(catalog_bucket["config"], "list", "--check", "--json").stdout)
+    assert indexed == checked
+    assert sorted(catalog_bucket["repo"].catalog_index()) == [D1, D2]
 
 
 def test_show_gives_components_items_counts_and_sizes(catalog_bucket):

@@ -49,6 +49,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 import zstandard
 from bson import json_util
 
@@ -599,3 +600,50 @@ def test_step7_the_readmes_restore_command_runs_as_written(airflow, backups):
     assert resolved["components"] == ["qdrant", "mongodb", "redis"], resolved
     states = api.task_states(RESTORE_DAG, run_id)
     assert all(state == "skipped" for task, state in states.items() if ".restore" in task), states
+
+
+def test_step8_the_backups_view_lists_details_and_triggers_a_restore_in_a_browser(airflow, backups, browser_page,
+                                                                                   s3_client, e2e_bucket, tmp_path):
+    """The "Backups" view of the plugin, in a real browser: under Browse, it lists the bucket's dates as
+    `ragvault list` does; a date opens its details; its restore form triggers intelligence_restore for that date
+    (a dry run, qdrant left out), and the run succeeds. Its endpoints refuse a caller that is not signed in."""
+    from ragvault.catalog import list_backups
+    from ragvault.repository import BackupRepository
+
+    api, page = airflow.api, browser_page
+    assert requests.get(f"{api.base_url}/ragvault/api/backups", timeout=30).status_code == 401
+    assert requests.get(f"{api.base_url}/ragvault/backups", timeout=30).status_code == 401
+    listed = api.session.get(f"{api.base_url}/ragvault/api/backups", timeout=60).json()
+    assert listed == list_backups(BackupRepository(s3_client, e2e_bucket))
+    date = ds(backups.manual)
+    assert any(e["date"] == date and e["complete"] for e in listed), listed
+
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Backups").click()
+    page.wait_for_url("**/plugin/backups")
+    frame = page.frame_locator("iframe")
+    frame.get_by_role("heading", name="Backups").wait_for()
+    rows = frame.locator("tbody tr")
+    assert rows.count() == len(listed)
+    assert "complete" in frame.locator(f"tr[data-date='{date}']").inner_text()
+    frame.get_by_role("link", name=date).click()
+    frame.get_by_role("heading", name=f"Backup {date}").wait_for()
+    manifest = read_manifest(s3_client, e2e_bucket, date)
+    shown = {row.get_attribute("data-component") for row in frame.locator("tbody tr[data-component]").all()}
+    assert shown == set(manifest["components"])
+    page.screenshot(path=str(tmp_path / "backups-view-details.png"))
+
+    frame.get_by_label("qdrant").uncheck()
+    assert frame.get_by_label("Dry run (verify every checksum and print the plan; write nothing)").is_checked()
+    frame.get_by_role("button", name="Trigger the restore").click()
+    outcome = frame.locator("#outcome")
+    outcome.wait_for()
+    text = outcome.inner_text()
+    assert "dry run" in text, text
+    run_id = text.split("Run ", 1)[1].split(" of ", 1)[0]
+    run = api.dag_run(RESTORE_DAG, run_id)
+    expected = sorted(c for c in manifest["components"] if c != "qdrant" and manifest["components"][c]["items"])
+    assert run["conf"]["backup_date"] == date and run["conf"]["dry_run"] is True, run["conf"]
+    assert sorted(run["conf"]["components"]) == expected, run["conf"]
+    finished = api.wait_run(RESTORE_DAG, run_id, RESTORE_TIMEOUT)
+    assert finished["state"] == "success"

@@ -754,6 +754,8 @@ cmd_env() {
         env_default AIRFLOW_CONN_RAGVAULT_ENCRYPTION "{\"conn_type\":\"generic\",\"password\":\"$key\"}"
         env_default AIRFLOW_CONN_MINIO_S3 \
             "{\"conn_type\":\"aws\",\"login\":\"$MINIO_USER\",\"password\":\"$MINIO_PASSWORD\",\"extra\":{\"endpoint_url\":\"http://$h:${PORT[minio]}\",\"region_name\":\"us-east-1\"}}"
+        env_default AIRFLOW_CONN_PUSHGATEWAY_DEFAULT \
+            "{\"conn_type\":\"http\",\"schema\":\"http\",\"host\":\"$h\",\"port\":${PORT[pushgateway]}}"
         env_default AIRFLOW_CONN_MONGO_DEFAULT \
             "{\"conn_type\":\"mongo\",\"host\":\"$h\",\"port\":${PORT[mongo]}}"
         env_default AIRFLOW_CONN_REDIS_DEFAULT \

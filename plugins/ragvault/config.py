@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
         "grafana": "grafana_default",
         "langsmith": "langsmith_default",
         "encryption": "ragvault_encryption",
+        # optional: without this connection no metrics are pushed
+        "pushgateway": "pushgateway_default",
     },
     "schedule": {"cron": "0 2 * * *", "timezone": "UTC", "start_date": "2025-01-01"},
     "retries": 2,
@@ -192,11 +194,12 @@ class Settings:
         return self.data["schedule"]
 
     def default_args(self) -> dict[str, Any]:
+        from ragvault.metrics import FailureMetricsNotifier
         from ragvault.notifications import WebhookFailureNotifier
 
         return {
             "owner": "ragvault",
-            "on_failure_callback": WebhookFailureNotifier(),
+            "on_failure_callback": [WebhookFailureNotifier(), FailureMetricsNotifier()],
             "retries": int(self.data["retries"]),
             "retry_delay": timedelta(seconds=int(self.data["retry_delay_seconds"])),
             "retry_exponential_backoff": True,

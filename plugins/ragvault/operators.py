@@ -304,7 +304,22 @@ class CommitManifestOperator(_BackupOperator):
                     results += found
                 manifest = assemble_manifest(repo, plan, results, run)
                 repo.commit_manifest(manifest, fence=lock.renew)
+        self.push_metrics(settings, manifest, repo)
         return self.summarise(manifest, plan, repo, context)
+
+    def push_metrics(self, settings: Settings, manifest: dict[str, Any], repo: BackupRepository) -> None:
+        """The committed backup's figures to the Pushgateway, if one is configured (never fails the task)."""
+        from ragvault.catalog import list_backups
+        from ragvault.metrics import Pushgateway, push_backup
+
+        if Pushgateway(settings).url is None:
+            return
+        try:
+            pushed = push_backup(settings, manifest, list_backups(repo))
+            self.log.info("metrics of backup %s pushed (%d groups)", manifest["backup_date"], pushed)
+        except Exception as exc:  # the backup is committed: its metrics are a report of it
+            self.log.warning("could not push the metrics of backup %s: %s: %s", manifest["backup_date"],
+                             type(exc).__name__, exc)
 
     def summarise(self, manifest: dict[str, Any], plan: BackupPlan, repo: BackupRepository,
                   context) -> dict[str, Any]:
@@ -396,6 +411,10 @@ class ApplyRetentionOperator(_BackupOperator):
         date = self.date(context)
         with self.lock(context, settings, repo).keep_alive():
             outcome = apply_retention(repo, policy, protect={date}, dry_run=bool(self.dry_run))
+        if not self.dry_run:
+            from ragvault.metrics import push_retention
+
+            push_retention(settings, outcome)
         if outcome["failed"]:
             raise RepositoryError("retention could not remove " + "; ".join(
                 f"{d}: {why}" for d, why in outcome["failed"].items()))

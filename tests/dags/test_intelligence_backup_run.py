@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import time
+from collections.abc import Callable
+from datetime import datetime
 
 import pytest
+import requests
 
 from devstack.localconfig import write_local_settings
 from devstack.stack import seed_everything
@@ -45,6 +50,21 @@ def redis_client():
 
 def output(proc) -> str:
     return proc.stdout[-6000:] + proc.stderr[-6000:]
+
+
+def scraped(query: str, until: Callable[[dict[str, float]], bool], timeout: float = 60) -> dict[str, float]:
+    """``{component: value}`` of a PromQL query through the real Prometheus (which scrapes the Pushgateway every
+    5 s), once ``until`` holds for it."""
+    conn = json.loads(os.environ["AIRFLOW_CONN_PROMETHEUS_DEFAULT"])
+    url = f"http://{conn['host']}:{conn['port']}/api/v1/query"
+    deadline, found = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        answer = requests.get(url, params={"query": query}, timeout=10).json()
+        found = {r["metric"].get("component", ""): float(r["value"][1]) for r in answer["data"]["result"]}
+        if until(found):
+            return found
+        time.sleep(2)
+    raise AssertionError(f"{query}: {found} after {timeout} s")
 
 
 def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, local_config, s3_client, bucket, backup_date,
@@ -104,6 +124,21 @@ def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, local_config, 
     # Ingestion was resumed to exactly its prior state.
     assert redis_client.get(FLAG_KEY) == b"held-by-operator"
 
+    # The backup's figures reached Prometheus through the Pushgateway: per component the bytes its artifacts
+    # take, its last success (this run), not failed, its mode; the bucket's complete backups.
+    stored = {name: sum(a["size"] for a in manifest["artifacts"] if a["component"] == name) for name in REGISTRY}
+    assert scraped(f'ragvault_backup_stored_bytes{{bucket="{bucket}"}}', lambda f: f == stored) == stored
+    finished = json.loads(s3_client.get_object(Bucket=bucket, Key=f"{backup_date}/manifest.json")["Body"].read())
+    committed = datetime.fromisoformat(finished["created_at"].replace("Z", "+00:00")).timestamp()
+    success = scraped(f'ragvault_backup_last_success_timestamp_seconds{{bucket="{bucket}"}}',
+                      lambda f: set(f) == set(REGISTRY) and min(f.values()) >= committed - 1)
+    assert max(success.values()) <= time.time()
+    assert scraped(f'ragvault_backup_failed{{bucket="{bucket}"}}', lambda f: set(f) == set(REGISTRY)) == \
+        dict.fromkeys(REGISTRY, 0.0)
+    assert scraped(f'ragvault_backup_mode_info{{bucket="{bucket}",mode="capture"}}', lambda f: len(f) == 9) == \
+        dict.fromkeys(REGISTRY, 1.0)
+    assert scraped(f'ragvault_bucket_complete_backups{{bucket="{bucket}"}}', lambda f: f.get("", 0) >= 1)
+
 
 @pytest.fixture
 def webhook():
@@ -157,6 +192,9 @@ def test_failing_component_fails_clearly_resumes_ingestion_and_writes_no_manifes
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{backup_date}/manifest.json").get("KeyCount") == 0
     # Ingestion resumed: the flag the pause set is gone again.
     assert redis_client.get(FLAG_KEY) is None
+    # The failure reached Prometheus: qdrant's failure metric is set.
+    assert scraped(f'ragvault_backup_failed{{bucket="{bucket}",component="qdrant"}}',
+                   lambda f: f.get("qdrant") == 1.0) == {"qdrant": 1.0}
     # The webhook was told which DAG, component and task failed, why, and where the log is.
     [message] = [m for m in received if m["task_id"] == "qdrant.list_collections"]
     assert message["dag_id"] == DAG_ID and message["component"] == "qdrant"

@@ -299,7 +299,7 @@ def test_backup_pauses_ingestion_while_it_runs_and_restores_each_prior_state(
     tis = api.task_instances(BACKUP_DAG, run_id)
     assert {t: ti["state"] for t, ti in tis.items()} == {
         "pause_ingestion": "success", "plan_backup": "success", "redis.backup": "success",
-        "commit_manifest": "success", "resume_ingestion": "success"}
+        "commit_manifest": "success", "apply_retention": "success", "resume_ingestion": "success"}
 
     # From the end of pause_ingestion to the start of resume_ingestion both DAGs were paused, and the state
     # saved for the resume was this run's, with each DAG's state from before the backup.

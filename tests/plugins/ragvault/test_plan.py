@@ -259,8 +259,12 @@ def test_a_committed_manifest_naming_staged_objects_is_restorable_as_it_is(own_r
     artifact = own_repo.put_artifact("2030-03-07", "langsmith", "data.bin", b"runs v2", staging=plan.staging)
     manifest = assemble_manifest(own_repo, plan, [ItemResult("langsmith", "all", utcnow_iso(), None, {},
                                                              [artifact])], {"run_id": "rerun"})
-    with pytest.raises(Killed):  # dies right after the manifest is written, before the first copy
-        BackupRepository(DyingClient(own_repo.client, 2), own_repo.bucket).commit_manifest(manifest)
+    # dies right after the manifest is written (write 2; write 1 drops the date's old catalog index name), before
+    # its new index name and the first copy
+    dying = DyingClient(own_repo.client, 3)
+    with pytest.raises(Killed):
+        BackupRepository(dying, own_repo.bucket).commit_manifest(manifest)
+    assert dying.writes == ["delete_object", "put_object"]
     stored = own_repo.read_manifest("2030-03-07")
     [entry] = stored["artifacts"]
     assert entry["key"] == "2030-03-07/langsmith/data.bin" and entry["stored_at"] == artifact.key

@@ -178,6 +178,15 @@ def _restore_form(details: dict[str, Any]) -> str:
         "<p><button type='submit' class='button'>Trigger the restore</button></p></form>")
 
 
+def _own_address(request: Request) -> str:
+    """This API server as it listens (its socket's address and Airflow's path), never the request's Host header:
+    a caller cannot point the trigger at another server."""
+    host, port = request.scope["server"]
+    host = f"[{host}]" if ":" in host else host
+    root = request.scope.get("root_path", "").removesuffix(FASTAPI_APP["url_prefix"])
+    return f"{request.url.scheme}://{host}:{port}{root}"
+
+
 @app.post("/backups/{date}/restore", response_class=HTMLResponse)
 def restore(date: str, request: Request, components: Annotated[list[str], Form()] = (),
             dry_run: Annotated[bool, Form()] = False, confirm: Annotated[str, Form()] = "") -> HTMLResponse:
@@ -190,9 +199,9 @@ def restore(date: str, request: Request, components: Annotated[list[str], Form()
     conf = {"backup_date": details["date"], "components": list(components), "dry_run": dry_run,
             "confirm": confirm.strip() or None}
     auth = request.headers.get("authorization") or f"Bearer {request.cookies.get(COOKIE_NAME_JWT_TOKEN, '')}"
-    base = str(request.base_url).rstrip("/")
     try:
-        answer = requests.post(f"{base}/api/v2/dags/{RESTORE_DAG}/dagRuns", json={"logical_date": None, "conf": conf},
+        answer = requests.post(f"{_own_address(request)}/api/v2/dags/{RESTORE_DAG}/dagRuns",
+                               json={"logical_date": None, "conf": conf},
                                headers={"Authorization": auth}, timeout=30)
     except requests.RequestException as exc:
         raise HTTPException(status_code=502, detail=f"Airflow's API did not answer: {exc}") from None

@@ -647,3 +647,12 @@ def test_step8_the_backups_view_lists_details_and_triggers_a_restore_in_a_browse
     assert sorted(run["conf"]["components"]) == expected, run["conf"]
     finished = api.wait_run(RESTORE_DAG, run_id, RESTORE_TIMEOUT)
     assert finished["state"] == "success"
+
+    # The form posts to the API server it runs in, whatever Host the request names (a port where nothing listens
+    # here): a caller cannot make it send the user's token elsewhere.
+    forged = api.session.post(f"{api.base_url}/ragvault/backups/{date}/restore", timeout=60,
+                              data={"components": ["redis"], "dry_run": "true"}, headers={"Host": "127.0.0.1:9"})
+    assert forged.status_code == 200 and "triggered" in forged.text, forged.text[:2000]
+    again = forged.text.split("Run <code>", 1)[1].split("</code>", 1)[0]
+    assert api.dag_run(RESTORE_DAG, again)["conf"]["components"] == ["redis"]
+    assert api.wait_run(RESTORE_DAG, again, RESTORE_TIMEOUT)["state"] == "success"

@@ -50,7 +50,8 @@ def _parse(value: str | None) -> datetime | None:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    # milliseconds: a lease written to the second would lose up to a second of its length
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def expires_at(holder: dict[str, Any], lease: float) -> datetime:

@@ -97,13 +97,15 @@ def test_a_lock_that_is_not_json_is_treated_as_expired(lock_repo):
 
 
 def test_keep_alive_renews_the_lease_while_the_run_works(lock_repo):
-    mine = lock(lock_repo, "run-a", lease=2)
+    mine = lock(lock_repo, "run-a", lease=4)
     mine.acquire(wait=0)
     first = stored(lock_repo)["expires_at"]
-    with mine.keep_alive(interval=0.3):
-        time.sleep(3)  # longer than the lease: without the renewals another run could take it
+    with mine.keep_alive(interval=0.2):
+        # longer than the lease: without the renewals another run could take it. The renewals come every
+        # 0.2 s, so the lease survives a worker stalled for more than three seconds on a busy machine.
+        time.sleep(5)
         with pytest.raises(LockedError):
-            lock(lock_repo, "run-b", lease=2).acquire(wait=0)
+            lock(lock_repo, "run-b", lease=4).acquire(wait=0)
     body = stored(lock_repo)
     assert body["owner"] == "run-a" and body["expires_at"] > first
     assert body["acquired_at"] <= first  # a renewal keeps when the lock was taken

@@ -135,8 +135,8 @@ def read_backup(repo: BackupRepository, date: str) -> dict[str, Any]:
 
 
 def describe(manifest: dict[str, Any]) -> dict[str, Any]:
-    """``ragvault show``: the run, the state block, and per component its mode, source version, counts and
-    items (counts, artifacts, stored and original bytes)."""
+    """``ragvault show``: the run, the state block, the encryption keys it needs (by fingerprint), and per
+    component its mode, source version, counts and items (counts, artifacts, stored and original bytes)."""
     sizes: dict[tuple[str, str], list[int]] = {}
     for artifact in manifest["artifacts"]:
         totals = sizes.setdefault((artifact["component"], artifact["item"]), [0, 0, 0])
@@ -157,10 +157,16 @@ def describe(manifest: dict[str, Any]) -> dict[str, Any]:
             "artifacts": sum(i["artifacts"] for i in items.values()),
             "size": sum(i["size"] for i in items.values()),
         }
+    keys: dict[str, int] = {}
+    for artifact in manifest["artifacts"]:
+        if artifact.get("key_fingerprint"):
+            keys[artifact["key_fingerprint"]] = keys.get(artifact["key_fingerprint"], 0) + 1
     return {
         "date": manifest["backup_date"], "bucket": manifest.get("bucket"), "created_at": manifest.get("created_at"),
         "run": manifest.get("run", {}), "state": manifest.get("state", {}), "components": components,
         "artifacts": len(manifest["artifacts"]), "size": sum(int(a.get("size") or 0) for a in manifest["artifacts"]),
+        # the keys a restore of this backup needs (fingerprints), with the artifacts encrypted with each
+        "encryption_keys": dict(sorted(keys.items())),
     }
 
 
@@ -234,13 +240,16 @@ def verify(repo: BackupRepository, date: str, *, sample: float = 1.0, cipher_loa
 def diff(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
     """What changed from the backup ``older`` to ``newer`` (two manifests), per component: its mode, items added
     and removed, counts that changed (``{name: [old, new]}``), artifacts added, removed and changed (by their
-    path under the date, compared by the SHA-256 of their original bytes, else of their stored bytes)."""
+    path under the date, compared by the SHA-256 of their original bytes; encrypted ones by their keyed digest
+    under the same key; else by the SHA-256 of their stored bytes)."""
 
     def artifacts_of(manifest: dict[str, Any], component: str) -> dict[str, dict[str, Any]]:
         prefix = f"{manifest['backup_date']}/{component}/"
         return {a["key"][len(prefix):]: a for a in manifest["artifacts"] if a["component"] == component}
 
     def fingerprint(artifact: dict[str, Any]) -> str | None:
+        if artifact.get("content_mac"):  # equal under one key only: a rotated key reads as a change
+            return f"{artifact.get('key_fingerprint')}:{artifact['content_mac']}"
         return artifact.get("raw_sha256") or artifact.get("sha256")
 
     components = {}

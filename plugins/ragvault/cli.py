@@ -161,6 +161,10 @@ def cmd_show(args, repo, settings, out: Console, err: Console) -> int:
     out.print(f"run {run.get('run_id')} (dag {run.get('dag_id', '-')}, {run.get('run_type', '-')}); state "
               f"{'captured at ' + str(state.get('captured_at')) if state.get('captured_at') else 'not captured'}"
               f"{' - ' + state['reason'] if state.get('reason') else ''}")
+    keys = details["encryption_keys"]
+    out.print("encrypted artifacts: " + (", ".join(f"{n} with key {fp}" for fp, n in keys.items()) if keys else
+                                         "none") + (" (a restore needs these keys in the encryption connection)"
+                                                    if keys else ""))
     table = Table(show_lines=False)
     for column in ("component", "mode", "version", "item", "counts", "artifacts", "size", "original"):
         table.add_column(column, justify="right" if column in ("artifacts", "size", "original") else "left")

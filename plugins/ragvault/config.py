@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "notifications": {"webhook_conn_id": None},
     "lock": {"wait_seconds": 3600, "lease_seconds": 600},
     "transfer": {"part_size_mib": 8, "concurrency": 4},
+    "encryption": {"scope": "secrets"},
     "backfill": {"state_parts": "skip"},
     "retention": {"enabled": False, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2,
                   "min_age_days": 3, "incomplete_after_days": 7},
@@ -174,6 +175,14 @@ class Settings:
             raise ConfigError(f"{self.source}: transfer.part_size_mib must be at least 5 (S3's smallest part) and "
                               f"transfer.concurrency at least 1, not {part_size} and {concurrency}")
         return {"part_size_mib": part_size, "concurrency": concurrency}
+
+    @property
+    def encryption_scope(self) -> str:
+        """``secrets`` (only artifacts that hold secrets are encrypted) or ``all`` (every artifact is)."""
+        scope = str((self.data.get("encryption") or {}).get("scope") or "secrets").lower()
+        if scope not in ("secrets", "all"):
+            raise ConfigError(f"{self.source}: encryption.scope is {scope!r}: expected secrets or all")
+        return scope
 
     @property
     def retention(self):

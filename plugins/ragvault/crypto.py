@@ -1,4 +1,5 @@
-"""Client-side encryption of artifacts that hold secrets (the ``.env``), streamed, with AES-256-GCM.
+"""Client-side encryption of artifacts, streamed, with AES-256-GCM: those that hold secrets (the ``.env``)
+always, every artifact with ``encryption.scope: all``.
 
 Format ``ragvault-aes256gcm-stream/v1`` (the STREAM construction, as in age and Tink):
 
@@ -9,7 +10,11 @@ Each segment is up to 64 KiB of plaintext sealed with AES-256-GCM (16-byte tag a
 any flipped byte fail decryption. Memory stays at one segment whatever the size.
 
 The 32-byte key comes from an Airflow connection (its password, base64 or hex): it never reaches the
-bucket, the logs or XCom; the manifest records only its fingerprint.
+bucket, the logs or XCom; the manifest records only its fingerprint. The password may hold several keys
+(separated by commas, spaces or new lines), newest first: a :class:`Keyring`. New backups are encrypted with
+the first; an artifact is read with whichever key its manifest entry names, so rotating the key is putting
+a new key in front of the old ones, and a backup made with a retired key still restores while that key stays
+in the list.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -56,6 +62,11 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"ragvault key fingerprint\0" + key).hexdigest()[:16]
 
 
+def _split_keys(text: str | bytes) -> list[str]:
+    raw = text.decode() if isinstance(text, bytes) else text
+    return [part for part in raw.replace(",", " ").split() if part]
+
+
 def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
@@ -71,14 +82,69 @@ class Cipher:
         self._aead = AESGCM(key)
         self.key_fingerprint = fingerprint(key)
 
+        # a second key derived from this one keys the MAC of an encrypted artifact's original content
+        self._mac_key = hashlib.sha256(b"ragvault content mac\0" + key).digest()
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return [self.key_fingerprint]
+
     def encryptor(self) -> _Encryptor:
         return _Encryptor(self._aead)
 
     def decryptor(self) -> _Decryptor:
         return _Decryptor(self._aead)
 
+    def content_mac(self, sha256: bytes) -> str:
+        """A keyed digest of an artifact's original content (from its SHA-256): equal contents under one key
+        compare equal (``ragvault diff``, ``verify``), while, unlike the bare SHA-256, it lets nobody without
+        the key test guesses of the content."""
+        return hmac.new(self._mac_key, sha256, hashlib.sha256).hexdigest()
+
+    def for_fingerprint(self, fingerprint_: str | None, what: str = "the artifact") -> Cipher:
+        """The key of that fingerprint: this one, or an :class:`EncryptionError` saying which was needed."""
+        if fingerprint_ in (None, self.key_fingerprint):
+            return self
+        raise EncryptionError(wrong_key(what, fingerprint_, self.fingerprints))
+
     def __repr__(self) -> str:  # never show the key
         return f"Cipher({self.scheme}, fingerprint={self.key_fingerprint})"
+
+
+def wrong_key(what: str, expected: str | None, known: list[str]) -> str:
+    """What to say when an artifact was encrypted with none of the configured keys."""
+    return (f"{what} was encrypted with the key of fingerprint {expected}, but the configured backup key(s) have "
+            f"fingerprint(s) {', '.join(known)}: add the key the backup was made with to the encryption "
+            "connection's password (after the current key: 'NEW,OLD')")
+
+
+class Keyring(Cipher):
+    """Several keys, newest first: it encrypts with the first (it *is* that :class:`Cipher`) and reads an
+    artifact with whichever key its fingerprint names."""
+
+    def __init__(self, keys: list[bytes]):
+        if not keys:
+            raise EncryptionError("a keyring needs at least one key")
+        super().__init__(keys[0])
+        self._ciphers = {}
+        for key in keys:
+            cipher = Cipher(key)
+            self._ciphers.setdefault(cipher.key_fingerprint, cipher)
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return list(self._ciphers)
+
+    def for_fingerprint(self, fingerprint_: str | None, what: str = "the artifact") -> Cipher:
+        if fingerprint_ is None:
+            return self
+        try:
+            return self._ciphers[fingerprint_]
+        except KeyError:
+            raise EncryptionError(wrong_key(what, fingerprint_, self.fingerprints)) from None
+
+    def __repr__(self) -> str:
+        return f"Keyring({self.scheme}, fingerprints={self.fingerprints})"
 
 
 class _Encryptor:
@@ -168,8 +234,18 @@ class MissingKeyError(EncryptionError):
     """The backup key's connection is not defined."""
 
 
-def load_cipher(settings) -> Cipher:
-    """The backup key from the Airflow connection ``connections.encryption`` (its password).
+def parse_keyring(text: str | bytes | None, source: str = "the encryption key") -> Keyring:
+    """The keys of ``text`` (base64 or hex keys separated by commas or white space, newest first)."""
+    parts = _split_keys(text or "")
+    if not parts:
+        raise EncryptionError(f"{source} is empty")
+    return Keyring([parse_key(part, f"{source} (key {n} of {len(parts)})" if len(parts) > 1 else source)
+                    for n, part in enumerate(parts, 1)])
+
+
+def load_cipher(settings) -> Keyring:
+    """The backup keys from the Airflow connection ``connections.encryption`` (its password: one key, or
+    several newest first; see :class:`Keyring`).
 
     Raises :class:`MissingKeyError` when the connection is not defined, :class:`EncryptionError` when its
     password is not a key; both messages say how to set it.
@@ -182,8 +258,21 @@ def load_cipher(settings) -> Cipher:
         connection = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         raise MissingKeyError(f"the encryption key is missing: {key_howto(conn_id)}") from None
+    _mask_each(connection.password)
     try:
-        key = parse_key(connection.password, f"the password of connection {conn_id!r}")
+        return parse_keyring(connection.password, f"the password of connection {conn_id!r}")
     except EncryptionError as exc:
         raise EncryptionError(f"the encryption key is malformed: {exc}. To set it: {key_howto(conn_id)}") from None
-    return Cipher(key)
+
+
+def _mask_each(password: str | None) -> None:
+    """Airflow masks a connection's password as a whole; each key of a keyring is masked on its own too, so
+    none can reach a log even alone."""
+    if not password:
+        return
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # outside Airflow (no log masking to feed)
+        return
+    for part in _split_keys(password):
+        mask_secret(part)

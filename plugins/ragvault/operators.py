@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, TriggerRule
 
@@ -16,6 +16,9 @@ from ragvault.ingestion import IngestionControl
 from ragvault.lock import BucketLock, lease_seconds
 from ragvault.plan import CAPTURE, INTERVAL_ONLY, SKIPPED, BackupPlan, assemble_manifest, make_plan
 from ragvault.repository import BackupRepository, ItemResult, RepositoryError, check_date
+
+if TYPE_CHECKING:
+    from ragvault.crypto import Cipher
 
 
 def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,6 +233,22 @@ class BackupComponentOperator(_BackupOperator):
         self.component = component
         self.item = item
 
+    def scope_cipher(self, settings: Settings) -> Cipher | None:
+        """The key every artifact is encrypted with when ``encryption.scope`` is ``all`` (None otherwise); a
+        ComponentError saying how to set it when it is missing, before anything is written."""
+        if settings.encryption_scope != "all":
+            return None
+        from ragvault.crypto import EncryptionError, load_cipher
+
+        try:
+            cipher = load_cipher(settings)
+        except EncryptionError as exc:
+            raise ComponentError(self.component, self.item, f"encryption.scope is all, so every artifact is "
+                                 f"encrypted, but the backup key is not usable: {exc} (nothing was written)") from None
+        self.log.info("%s: every artifact is encrypted (encryption.scope: all) with the key of fingerprint %s",
+                      self.component, cipher.key_fingerprint)
+        return cipher
+
     def execute(self, context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -242,7 +261,7 @@ class BackupComponentOperator(_BackupOperator):
             raise AirflowSkipException(f"{self.component} is {mode} in this run: "
                                        f"{plan.components.get(self.component, {}).get('reason', plan.reason)}")
         ctx = BackupContext(repo=repo, date=date, component=self.component, run=run_info(context), log=self.log,
-                            mode=mode, staging=plan.staging)
+                            mode=mode, staging=plan.staging, cipher=self.scope_cipher(settings))
         component = get_component(self.component)(settings)
         started = time.monotonic()
         try:

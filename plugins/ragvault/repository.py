@@ -32,7 +32,7 @@ from typing import Any
 
 import zstandard
 
-from ragvault.crypto import Cipher
+from ragvault.crypto import Cipher, EncryptionError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ class Artifact:
     compression: str | None = None
     encryption: str | None = None
     key_fingerprint: str | None = None
+    #: of an encrypted artifact: a digest of its original content keyed by its key (``Cipher.content_mac``),
+    #: where an unencrypted one records ``raw_sha256``: it compares contents without revealing them
+    content_mac: str | None = None
     content_type: str = "application/octet-stream"
     #: the object's ETag in the bucket, recorded at commit: readers fetch it If-Match, so an object replaced
     #: after the manifest was written is refused rather than mixed with the others
@@ -317,12 +320,6 @@ def upload_marker_key(key: str, upload_id: str) -> str:
     return f"{UPLOADS_PREFIX}{digest[:32]}.json"
 
 
-def wrong_key(key: str, expected: str | None, cipher: Cipher) -> str:
-    """What to say when an artifact was encrypted with another key than the configured one."""
-    return (f"{key} was encrypted with the key of fingerprint {expected}, but the configured backup key has "
-            f"fingerprint {cipher.key_fingerprint}: the wrong key (set the key the backup was made with)")
-
-
 def parse_manifest(body: bytes, where: str, date: str) -> dict[str, Any]:
     """A manifest from its bytes, checked to be one of this package's for ``date``; :class:`ManifestError`
     naming ``where`` and what is wrong otherwise."""
@@ -381,6 +378,10 @@ class _BackgroundHash:
     def hexdigest(self) -> str:
         self.close()
         return self._hash.hexdigest()
+
+    def digest(self) -> bytes:
+        self.close()
+        return self._hash.digest()
 
 
 class _MultipartSink:
@@ -559,6 +560,9 @@ class ArtifactWriter:
         self._raw_size = 0
         self._pending = bytearray()
         self.artifact: Artifact | None = None
+        #: the SHA-256 of the bytes written, once closed (of an encrypted artifact too, where the manifest
+        #: does not record it): to compare with a checksum the source gave (Qdrant's of its snapshot)
+        self.written_sha256: str | None = None
 
     @property
     def key(self) -> str:
@@ -606,6 +610,7 @@ class ArtifactWriter:
                 self._sink.write(self._encryptor.finalize())
             self._sink.complete()
             raw_sha256 = self._sink.sha256 if self._identity else self._raw_sha256
+            self.written_sha256 = raw_sha256.hexdigest()
             self.artifact = Artifact(
                 key=self._sink.key,
                 size=self._sink.size,
@@ -616,6 +621,8 @@ class ArtifactWriter:
                 compression=self._compression,
                 encryption=self._cipher.scheme if self._cipher else None,
                 key_fingerprint=self._cipher.key_fingerprint if self._cipher else None,
+                content_mac=(self._cipher.content_mac(raw_sha256.digest())
+                             if self._cipher and not self._precompressed else None),
                 content_type=self._content_type,
             )
             log.info(
@@ -820,49 +827,75 @@ class BackupRepository:
             if cipher is None:
                 raise RepositoryError(f"{artifact.key} is encrypted ({artifact.encryption}, key "
                                       f"{artifact.key_fingerprint}): a key is needed to read it")
-            if cipher.key_fingerprint != artifact.key_fingerprint:
-                raise RepositoryError(wrong_key(artifact.key, artifact.key_fingerprint, cipher))
-            chunks = decrypted_chunks(chunks, cipher)
+            try:
+                key = cipher.for_fingerprint(artifact.key_fingerprint, artifact.key)
+            except EncryptionError as exc:
+                raise RepositoryError(str(exc)) from None
+            chunks = decrypted_chunks(chunks, key)
         return decoded_chunks(chunks, artifact.compression)
 
     def verify_artifact(self, artifact: dict[str, Any], cipher: Cipher | None = None,
                         progress: Callable[[int], None] | None = None) -> list[str]:
         """Read an artifact back whole and check it against its manifest entry; return the problems found.
 
-        Size and SHA-256 of the stored bytes; for encrypted ones, that they decrypt (needs ``cipher``); and the
-        SHA-256 of the original bytes where the manifest has it. ``progress`` is called with each chunk's size.
+        Size and SHA-256 of the stored bytes; for encrypted ones, that they decrypt (needs ``cipher``: a key
+        or a keyring holding the one the artifact names); and the SHA-256 (or, encrypted, the keyed digest) of
+        the original bytes where the manifest has it. ``progress`` is called with each chunk's size.
         """
         key = artifact.get("stored_at") or artifact["key"]
         stored, original = hashlib.sha256(), hashlib.sha256()
-        size = 0
+        size, read_failed = 0, False
 
         def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
-            nonlocal size
-            for chunk in chunks:
-                stored.update(chunk)
-                size += len(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-                yield chunk
+            nonlocal size, read_failed
+            try:
+                for chunk in chunks:
+                    stored.update(chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                    yield chunk
+            except Exception:
+                read_failed = True
+                raise
+
+        raw = counted(self.iter_object(key, etag=artifact.get("etag")))
+
+        def damaged() -> list[str]:
+            if size != artifact["size"] or stored.hexdigest() != artifact["sha256"]:
+                return [f"{key}: stored bytes differ from the manifest ({size} bytes, sha256 "
+                        f"{stored.hexdigest()[:12]}; expected {artifact['size']} bytes, sha256 "
+                        f"{artifact['sha256'][:12]})"]
+            return []
 
         try:
-            chunks = counted(self.iter_object(key, etag=artifact.get("etag")))
+            chunks = raw
             if artifact.get("encryption"):
                 if cipher is None:
                     return [f"{key}: encrypted, and no key was given to check it"]
-                expected = artifact.get("key_fingerprint")
-                if expected and cipher.key_fingerprint != expected:
-                    return [wrong_key(key, expected, cipher)]
+                try:
+                    cipher = cipher.for_fingerprint(artifact.get("key_fingerprint"), key)
+                except EncryptionError as exc:
+                    return [str(exc)]
                 chunks = decrypted_chunks(chunks, cipher)
             for chunk in decoded_chunks(chunks, artifact.get("compression")):
                 original.update(chunk)
         except Exception as exc:  # each artifact's problem is reported; the caller fails on any
-            return [f"{key}: {type(exc).__name__}: {exc}"]
-        if size != artifact["size"] or stored.hexdigest() != artifact["sha256"]:
-            return [f"{key}: stored bytes differ from the manifest ({size} bytes, sha256 {stored.hexdigest()[:12]}; "
-                    f"expected {artifact['size']} bytes, sha256 {artifact['sha256'][:12]})"]
+            problem = [f"{key}: {type(exc).__name__}: {exc}"]
+            if read_failed:  # the object could not be read: that is the problem
+                return problem
+            try:  # a damaged object fails to decrypt or decompress: read the rest, to say it is damaged
+                for _ in raw:
+                    pass
+            except Exception:
+                return problem
+            return damaged() or problem
+        if damaged():
+            return damaged()
         if artifact.get("raw_sha256") and original.hexdigest() != artifact["raw_sha256"]:
             return [f"{key}: its decoded content differs from the manifest"]
+        if artifact.get("content_mac") and cipher.content_mac(original.digest()) != artifact["content_mac"]:
+            return [f"{key}: its decrypted content differs from the manifest (keyed digest)"]
         return []
 
     def abort_stale_uploads(self, before: datetime) -> list[str]:

@@ -1,8 +1,13 @@
 """Whole runs of intelligence_restore with `airflow dags test`: the round trip backup -> clean servers ->
-restore -> equal state, and every way a restore must refuse to write."""
+restore -> equal state, and every way a restore must refuse to write.
+
+The backup made here encrypts every artifact (``encryption.scope: all``) with the stack's key; the restores run
+after a key rotation (a new key first in the connection's password, the backup's key after it), so the round
+trip also shows that a backup made with a retired key restores."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -19,6 +24,17 @@ pytestmark = pytest.mark.timeout(1200)
 
 BACKUP, RESTORE = "intelligence_backup", "intelligence_restore"
 COMPONENTS = ["qdrant", "mongodb", "redis"]
+KEY_CONN = "AIRFLOW_CONN_RAGVAULT_ENCRYPTION"
+
+
+def key_connection(*keys: str) -> str:
+    return json.dumps({"conn_type": "generic", "password": ",".join(keys)})
+
+
+#: the key the backup is made with (the stack's), and a newer one put in front of it before the restores
+BACKUP_KEY = json.loads(os.environ[KEY_CONN])["password"]
+NEW_KEY = base64.b64encode(os.urandom(32)).decode()
+ROTATED = {KEY_CONN: key_connection(NEW_KEY, BACKUP_KEY)}
 
 
 class Stack:
@@ -74,15 +90,17 @@ def backup(airflow, tmp_path_factory, fresh_date, restore_bucket, stack):
     date = fresh_date()
     seed_everything(date)
     config = write_local_settings(tmp_path_factory.mktemp("restore") / "ragvault.yaml", bucket=restore_bucket,
-                                  retries=0)
-    proc = airflow.run("dags", "test", BACKUP, date, env={"RAGVAULT_CONFIG": str(config)})
+                                  retries=0, encryption={"scope": "all"})
+    proc = airflow.run("dags", "test", BACKUP, date,
+                       env={"RAGVAULT_CONFIG": str(config), KEY_CONN: key_connection(BACKUP_KEY)})
     assert proc.returncode == 0, proc.stdout[-5000:]
     return date, config, stack.state()
 
 
-def restore(airflow, config, **conf):
+def restore(airflow, config, keys=ROTATED, **conf):
     conf.setdefault("components", COMPONENTS)
-    proc = airflow.run("dags", "test", RESTORE, "--conf", json.dumps(conf), env={"RAGVAULT_CONFIG": str(config)})
+    proc = airflow.run("dags", "test", RESTORE, "--conf", json.dumps(conf),
+                       env={"RAGVAULT_CONFIG": str(config), **keys})
     runs = [r for r in airflow.json_output("dags", "list-runs", RESTORE)]
     run = max(runs, key=lambda r: r["run_after"])
     return proc, airflow.task_states(RESTORE, run["run_id"])
@@ -119,6 +137,55 @@ def test_round_trip_of_all_nine_components_onto_clean_servers(airflow, backup, s
     for source in demo.rglob("*"):
         if source.is_file():
             assert (files / source.relative_to(demo)).read_bytes() == source.read_bytes(), source
+
+
+def seeded_texts() -> set[bytes]:
+    """Lines of the stack's files and values of its seeded data, which no stored object may hold in clear."""
+    texts = {b"Answer using only the context below", b"what is the "}
+    for source in (REPO / "include" / "demo").rglob("*"):
+        if source.is_file():
+            texts.update(line.strip() for line in source.read_bytes().splitlines() if len(line.strip()) >= 30)
+    return texts
+
+
+def test_with_scope_all_no_object_of_the_backup_holds_plaintext(backup, s3_client, restore_bucket):
+    from ragvault.crypto import MAGIC, SCHEME, Cipher, parse_key
+
+    date, _, _ = backup
+    manifest = json.loads(s3_client.get_object(Bucket=restore_bucket, Key=f"{date}/manifest.json")["Body"].read())
+    assert {c for c in manifest["components"]} == set(REGISTRY)
+    key = Cipher(parse_key(BACKUP_KEY)).key_fingerprint
+    texts = seeded_texts()
+    assert len(texts) > 50
+    listed = s3_client.list_objects_v2(Bucket=restore_bucket, Prefix=f"{date}/")["Contents"]
+    others = {o["Key"] for o in listed} - {a["key"] for a in manifest["artifacts"]}
+    assert others <= {f"{date}/manifest.json", f"{date}/verification.json"}, others  # nothing else
+    for artifact in manifest["artifacts"]:
+        assert (artifact["encryption"], artifact["key_fingerprint"]) == (SCHEME, key), artifact["key"]
+        assert artifact.get("raw_sha256") is None and artifact.get("content_mac"), artifact["key"]
+    for listed_object in listed:
+        body = s3_client.get_object(Bucket=restore_bucket, Key=listed_object["Key"])["Body"].read()
+        if listed_object["Key"] not in others:
+            assert body.startswith(MAGIC), listed_object["Key"]
+        found = [t for t in texts if t in body]
+        assert not found, (listed_object["Key"], found[:3])
+
+
+def test_without_the_backups_key_the_restore_names_it_and_writes_nothing(airflow, backup, stack):
+    from ragvault.crypto import Cipher, parse_key
+
+    date, config, _ = backup
+    stack.wipe()
+    proc, states = restore(airflow, config, keys={KEY_CONN: key_connection(NEW_KEY)}, backup_date=date,
+                           confirm=date)
+    assert states["verify_backup"] == "failed", states
+    assert written(states) == [], states
+    assert stack.state() == {"qdrant": {}, "mongodb": {}, "redis": {}}
+    retired, current = Cipher(parse_key(BACKUP_KEY)).key_fingerprint, Cipher(parse_key(NEW_KEY)).key_fingerprint
+    output = proc.stdout + proc.stderr
+    assert f"encrypted with the key of fingerprint {retired}" in output, errors(proc)
+    assert f"have fingerprint(s) {current}: add the key the backup was made with" in output, errors(proc)
+    assert BACKUP_KEY not in output and NEW_KEY not in output
 
 
 def test_dry_run_writes_nothing(airflow, backup, stack):

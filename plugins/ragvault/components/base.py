@@ -58,6 +58,9 @@ class BackupContext:
     mode: str = CAPTURE
     #: where this run's objects are written until the manifest is committed (see ``BackupRepository``)
     staging: str | None = None
+    #: with ``encryption.scope: all``, the key every artifact is encrypted with (an artifact a component
+    #: encrypts anyway, because it holds secrets, uses the same key)
+    cipher: Cipher | None = None
 
     @property
     def capture_state(self) -> bool:
@@ -87,16 +90,25 @@ class BackupContext:
                          self.run.get("data_interval_end"), anchor_name, start.isoformat(), end.isoformat())
         return start, end, f"24h before {anchor_name.removeprefix('the ')}"
 
+    def _with_cipher(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The write's options, encrypted with the run's key when every artifact is (``encryption.scope``)."""
+        if self.cipher is not None and kwargs.get("cipher") is None:
+            kwargs["cipher"] = self.cipher
+        return kwargs
+
     def open_artifact(self, path: str, **kwargs: Any) -> ArtifactWriter:
         """A streaming writer for ``<date>/<component>/<path>`` (see :meth:`BackupRepository.open_artifact`)."""
-        return self.repo.open_artifact(self.date, self.component, path, staging=self.staging, **kwargs)
+        return self.repo.open_artifact(self.date, self.component, path, staging=self.staging,
+                                       **self._with_cipher(kwargs))
 
     def put_artifact(self, path: str, chunks: Iterable[bytes] | bytes, **kwargs: Any) -> Artifact:
-        return self.repo.put_artifact(self.date, self.component, path, chunks, staging=self.staging, **kwargs)
+        return self.repo.put_artifact(self.date, self.component, path, chunks, staging=self.staging,
+                                      **self._with_cipher(kwargs))
 
     def put_files(self, files: Iterable[tuple[str, Path]], **kwargs: Any) -> list[Artifact]:
         """Local files ``(path, file)`` uploaded several at once (see :meth:`BackupRepository.put_files`)."""
-        return self.repo.put_files(self.date, self.component, files, staging=self.staging, **kwargs)
+        return self.repo.put_files(self.date, self.component, files, staging=self.staging,
+                                   **self._with_cipher(kwargs))
 
     def result(self, item: str, **kwargs: Any) -> ItemResult:
         return ItemResult(component=self.component, item=item, captured_at=kwargs.pop("captured_at", utcnow_iso()),

@@ -98,10 +98,11 @@ class QdrantComponent(Component):
             with ctx.open_artifact(f"snapshots/{collection}.snapshot") as writer:
                 writer.write_all(hook.iter_snapshot(collection, description.name))
             artifact = writer.artifact
-            if description.checksum and artifact.sha256 != description.checksum:
+            # the bytes received, before any encryption (encryption.scope: all), against Qdrant's own checksum
+            if description.checksum and writer.written_sha256 != description.checksum:
                 raise ComponentError(self.name, collection,
-                                     f"snapshot {description.name}: uploaded sha256 {artifact.sha256} differs "
-                                     f"from Qdrant's checksum {description.checksum}")
+                                     f"snapshot {description.name}: uploaded sha256 {writer.written_sha256} "
+                                     f"differs from Qdrant's checksum {description.checksum}")
         finally:
             try:
                 hook.client.delete_snapshot(collection, description.name, wait=True)
@@ -149,8 +150,11 @@ class QdrantComponent(Component):
         snapshot = ctx.artifact(item, f"snapshots/{item}.snapshot")
         rebuilt = 0
         try:
-            ctx.log.info("qdrant %s: uploading snapshot (%d bytes)", item, snapshot["size"])
-            hook.upload_snapshot(item, ctx.read(snapshot), snapshot["size"], checksum=snapshot["sha256"])
+            # the snapshot's own size and checksum: an encrypted artifact's stored bytes are neither
+            size = snapshot.get("raw_size") or snapshot["size"]
+            checksum = snapshot.get("raw_sha256") or ctx.item(item).get("details", {}).get("snapshot_checksum")
+            ctx.log.info("qdrant %s: uploading snapshot (%d bytes)", item, size)
+            hook.upload_snapshot(item, ctx.read(snapshot), size, checksum=checksum)
         except QdrantError as exc:
             if exc.status is None:  # the server did not answer: nothing to fall back on
                 raise

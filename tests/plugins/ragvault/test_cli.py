@@ -114,6 +114,11 @@ def test_show_gives_components_items_counts_and_sizes(catalog_bucket):
     text = run(catalog_bucket["config"], "show", D2)
     assert "faq" in text.stdout and "points 3" in text.stdout and f"scheduled__{D2}" in text.stdout
     assert "hunter2" not in text.stdout + done.stdout
+    # the key a restore needs: the one the encrypted artifact names
+    [encrypted] = [a for a in manifest["artifacts"] if a.get("encryption")]
+    assert shown["encryption_keys"] == {encrypted["key_fingerprint"]: 1}
+    assert f"1 with key {encrypted['key_fingerprint']}" in text.stdout
+    assert json.loads(run(catalog_bucket["config"], "show", D1, "--json").stdout)["encryption_keys"] == {}
 
 
 def test_diff_names_what_changed(catalog_bucket):

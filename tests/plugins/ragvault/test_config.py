@@ -53,3 +53,14 @@ def test_transfer_sizes_are_checked(tmp_path):
     path.write_text("transfer:\n  concurrency: many\n")
     with pytest.raises(ConfigError, match="must be numbers"):
         _ = load_settings(path).transfer
+
+
+def test_encryption_scope_is_checked(tmp_path):
+    path = tmp_path / "ragvault.yaml"
+    path.write_text("bucket: b\n")
+    assert load_settings(path).encryption_scope == "secrets"
+    path.write_text("encryption:\n  scope: ALL\n")
+    assert load_settings(path).encryption_scope == "all"
+    path.write_text("encryption:\n  scope: everything\n")
+    with pytest.raises(ConfigError, match="encryption.scope is 'everything': expected secrets or all"):
+        _ = load_settings(path).encryption_scope

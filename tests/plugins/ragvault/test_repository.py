@@ -195,11 +195,13 @@ def test_encrypted_artifact_round_trip_and_tamper_detection(s3_client, bucket, b
         b"".join(repo.iter_artifact(artifact))
     other = Cipher(os.urandom(32))
     with pytest.raises(RepositoryError, match=f"fingerprint {cipher.key_fingerprint}, but the configured backup "
-                                              f"key has fingerprint {other.key_fingerprint}: the wrong key"):
+                                              rf"key\(s\) have fingerprint\(s\) {other.key_fingerprint}: add the "
+                                              "key the backup was made with"):
         b"".join(repo.iter_artifact(artifact, cipher=other))
     # verification names the wrong key too, instead of "does not decrypt"
     [problem] = repo.verify_artifact(artifact.to_dict(), other)
-    assert f"fingerprint {artifact.key_fingerprint}" in problem and "the wrong key" in problem, problem
+    assert f"fingerprint {artifact.key_fingerprint}" in problem and "add the key" in problem, problem
+    assert repo.verify_artifact(artifact.to_dict(), cipher) == []
 
     # a flipped byte, a dropped tail: both refused
     for broken in (stored[:100] + bytes([stored[100] ^ 1]) + stored[101:], stored[:-1000]):
@@ -361,3 +363,44 @@ def test_put_files_uploads_many_files_at_once_each_exact(s3_client, bucket, back
     (tmp_path / "tree/03.bin").unlink()  # a file gone: the error names it
     with pytest.raises(FileNotFoundError, match="03.bin"):
         repo.put_files(backup_date, "test2", files)
+
+
+def test_a_rotated_keyring_reads_backups_of_its_retired_keys(s3_client, bucket, backup_date):
+    """Key rotation: new artifacts use the keyring's first key; one written with a retired key is read (and
+    verified) with that key while it stays in the list; a keyring without it names both fingerprints."""
+    import base64
+
+    from ragvault.crypto import Cipher, EncryptionError, parse_keyring
+
+    repo = BackupRepository(s3_client, bucket, part_size=5 * MiB)
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    body = b'{"prompt": "You are the archive assistant"}\n' * 5_000
+    made_with_old = repo.put_artifact(backup_date, "gpt", "prompts/old.json", body, compression="zstd",
+                                      cipher=parse_keyring(base64.b64encode(old_key).decode()))
+
+    rotated = parse_keyring(f"{base64.b64encode(new_key).decode()}, {old_key.hex()}")  # newest first
+    assert rotated.fingerprints == [Cipher(new_key).key_fingerprint, Cipher(old_key).key_fingerprint]
+    made_with_new = repo.put_artifact(backup_date, "gpt", "prompts/new.json", body, compression="zstd",
+                                      cipher=rotated)
+    assert made_with_new.key_fingerprint == Cipher(new_key).key_fingerprint  # new backups: the newest key
+    for artifact in (made_with_old, made_with_new):
+        assert b"".join(repo.iter_artifact(artifact, cipher=rotated)) == body
+        assert repo.verify_artifact(artifact.to_dict(), rotated) == []
+
+    # the keyed digest of the content: equal under one key, different under another, never the bare SHA-256
+    again = repo.put_artifact(backup_date, "gpt", "prompts/again.json", body, compression="zstd", cipher=rotated)
+    assert again.content_mac == made_with_new.content_mac and again.sha256 != made_with_new.sha256
+    assert made_with_old.content_mac != made_with_new.content_mac
+    assert hashlib.sha256(body).hexdigest() not in (made_with_new.content_mac, made_with_new.raw_sha256)
+    # a tampered digest in the manifest is a problem verify reports
+    tampered = {**made_with_new.to_dict(), "content_mac": made_with_old.content_mac}
+    [problem] = repo.verify_artifact(tampered, rotated)
+    assert "decrypted content differs" in problem, problem
+
+    only_new = parse_keyring(base64.b64encode(new_key).decode())
+    with pytest.raises(RepositoryError, match=f"fingerprint {Cipher(old_key).key_fingerprint}, but the "
+                                              rf"configured backup key\(s\) have fingerprint\(s\) "
+                                              f"{only_new.key_fingerprint}"):
+        b"".join(repo.iter_artifact(made_with_old, cipher=only_new))
+    with pytest.raises(EncryptionError, match="key 2 of 2"):
+        parse_keyring(f"{new_key.hex()},not-a-key")

@@ -41,22 +41,25 @@ def s3_client():
 
 @pytest.fixture(scope="session")
 def new_bucket(s3_client):
-    """``new_bucket(prefix) -> name``: a bucket of its own (so the backups in it are exactly the ones a test
-    makes), emptied and removed at the end of the session."""
+    """``new_bucket(prefix, object_lock=False) -> name``: a bucket of its own (so the backups in it are exactly
+    the ones a test makes), created with object lock if asked, emptied and removed at the end of the session
+    (every version; locks in governance mode are bypassed, as an account granted s3:BypassGovernanceRetention
+    can)."""
     made = []
 
-    def make(prefix: str = "ragvault-test") -> str:
+    def make(prefix: str = "ragvault-test", object_lock: bool = False) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        s3_client.create_bucket(Bucket=name)
+        s3_client.create_bucket(Bucket=name, **({"ObjectLockEnabledForBucket": True} if object_lock else {}))
         made.append(name)
         return name
 
     yield make
-    paginator = s3_client.get_paginator("list_objects_v2")
+    paginator = s3_client.get_paginator("list_object_versions")
     for name in made:
         for page in paginator.paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                s3_client.delete_object(Bucket=name, Key=obj["Key"])
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                s3_client.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"],
+                                        BypassGovernanceRetention=True)
         s3_client.delete_bucket(Bucket=name)
 
 

@@ -460,8 +460,11 @@ def test_prometheus_and_grafana_read_the_mounted_config(compose):
 def test_minio_init_creates_the_settings_bucket(compose, settings):
     script = compose["services"]["minio-init"]["command"][-1]
     aliases = dict(re.findall(r"mc alias set (\S+) (\S+)", script))
-    buckets = re.findall(r"mc mb\b(?:\s+--?\S+)*\s+([^\s/]+)/(\S+)", script)
+    buckets = re.findall(r"mc mb\b(?:\s+(?:--?|\$\{\w+:\+--?)\S+)*\s+([^\s/]+)/(\S+)", script)
     assert buckets, "minio-init creates no bucket"
+    # with RAGVAULT_OBJECT_LOCK set (the container's environment), the bucket is created with object lock
+    assert "mc mb --ignore-existing ${RAGVAULT_OBJECT_LOCK:+--with-lock} " in script
+    assert compose["services"]["minio-init"]["environment"]["RAGVAULT_OBJECT_LOCK"] == ""
     for alias, _bucket in buckets:
         assert aliases.get(alias) == "http://minio:9000"
     assert [bucket for _, bucket in buckets] == [settings.bucket]

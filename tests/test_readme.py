@@ -113,3 +113,24 @@ def test_make_demo():
     assert proc.returncode == 0, out[-6000:]
     rows = re.findall(r"^(\w+)\s+\d+\s+\d+\s+(yes|NO)\s*$", out, re.MULTILINE)
     assert len(rows) == 9 and all(equal == "yes" for _, equal in rows), out[-4000:]
+
+
+def test_every_settings_example_is_made_of_real_settings(tmp_path):
+    """Each ``yaml`` block of the README is a fragment of the settings file: its keys exist, and the settings
+    it gives load and validate (with retention on, which some fragments assume)."""
+    import yaml
+
+    from ragvault.config import DEFAULTS, load_settings
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        fragment = yaml.safe_load(block)
+        for key, value in fragment.items():
+            assert key in DEFAULTS, (key, block)
+            if isinstance(value, dict):
+                assert set(value) <= set(DEFAULTS[key]), (key, set(value) - set(DEFAULTS[key]))
+        path = tmp_path / "ragvault.yaml"
+        path.write_text(yaml.safe_dump({"retention": {"enabled": True}, **fragment}))
+        settings = load_settings(path)
+        _ = settings.encryption_scope, settings.object_lock, settings.retention, settings.transfer

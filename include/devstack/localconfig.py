@@ -48,6 +48,9 @@ def local_settings(**overrides: Any) -> dict[str, Any]:
         data_dir=os.environ.get("RAGVAULT_PROMETHEUS_DATA_DIR", str(state / "prometheus" / "data")),
         config_dir=os.environ.get("RAGVAULT_PROMETHEUS_CONFIG_DIR", str(state / "prometheus")))
     components["grafana"].update(config_path=str(grafana / "grafana.ini"), db_path=str(grafana / "grafana.db"))
+    if os.environ.get("RAGVAULT_OBJECT_LOCK"):  # the bucket was created with object lock (services.sh)
+        data["object_lock"] = {"mode": os.environ["RAGVAULT_OBJECT_LOCK"],
+                               "days": int(os.environ.get("RAGVAULT_OBJECT_LOCK_DAYS") or 1)}
     data.update(overrides)
     return data
 

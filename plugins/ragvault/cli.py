@@ -247,7 +247,7 @@ def cmd_prune(args, repo, settings, out: Console, err: Console) -> int:
     lock = BucketLock(repo.client, repo.bucket, f"ragvault-prune@{socket.gethostname()}:{os.getpid()}",
                       lease=lease_seconds(settings.data["lock"]))
     if args.dry_run:
-        outcome = apply_retention(repo, settings.retention, dry_run=True)
+        outcome = apply_retention(repo, settings.retention, dry_run=True, lock=settings.object_lock)
     else:
         try:
             lock.acquire(wait=0)
@@ -256,7 +256,7 @@ def cmd_prune(args, repo, settings, out: Console, err: Console) -> int:
             return UNREADABLE
         try:
             with lock.keep_alive():
-                outcome = apply_retention(repo, settings.retention)
+                outcome = apply_retention(repo, settings.retention, lock=settings.object_lock)
         finally:
             lock.release()
     if args.json:

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "lock": {"wait_seconds": 3600, "lease_seconds": 600},
     "transfer": {"part_size_mib": 8, "concurrency": 4},
     "encryption": {"scope": "secrets"},
+    "object_lock": {"mode": None, "days": None},
     "backfill": {"state_parts": "skip"},
     "retention": {"enabled": False, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2,
                   "min_age_days": 3, "incomplete_after_days": 7},
@@ -183,6 +184,19 @@ class Settings:
         if scope not in ("secrets", "all"):
             raise ConfigError(f"{self.source}: encryption.scope is {scope!r}: expected secrets or all")
         return scope
+
+    @property
+    def object_lock(self):
+        """The object-lock settings (:class:`ragvault.immutability.ObjectLock`); ``mode`` null: no lock."""
+        from ragvault.immutability import ObjectLock
+
+        try:
+            lock = ObjectLock.from_settings(self.data.get("object_lock"))
+            if lock.enabled:
+                lock.lock_days(self.retention)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: object_lock: {exc}") from None
+        return lock
 
     @property
     def retention(self):

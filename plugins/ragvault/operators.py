@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from ragvault.crypto import Cipher
 
 
+def check_object_lock(settings: Settings, repo: BackupRepository) -> None:
+    """A backup run with ``object_lock.mode`` set needs a bucket with object lock: refused before any write."""
+    lock = settings.object_lock
+    if lock.enabled:
+        from ragvault.immutability import check_bucket
+
+        check_bucket(repo, lock)
+
+
 def run_info(context: Mapping[str, Any]) -> dict[str, Any]:
     """The run's identity, as recorded in the manifest."""
 
@@ -165,6 +174,7 @@ class PlanBackupOperator(_BackupOperator):
                 self.log.warning("aborted %d incomplete uploads left by dead runs (%s)", len(aborted),
                                  ", ".join(aborted[:5]) + (", ..." if len(aborted) > 5 else ""))
             plan = make_plan(repo, settings, date, context["dag_run"].run_id)
+        check_object_lock(settings, repo)
         self.log.info("backup %s: %s", plan.date, plan.reason)
         for name, decision in plan.components.items():
             self.log.info("  %-10s %-8s %s", name, decision["mode"], decision["reason"])
@@ -322,9 +332,19 @@ class CommitManifestOperator(_BackupOperator):
                         self.log.info("%s: nothing was backed up (no items)", component)
                     results += found
                 manifest = assemble_manifest(repo, plan, results, run)
+                check_object_lock(settings, repo)
                 repo.commit_manifest(manifest, fence=lock.renew)
+            self.seal(settings, manifest, repo)
         self.push_metrics(settings, manifest, repo)
         return self.summarise(manifest, plan, repo, context)
+
+    def seal(self, settings: Settings, manifest: dict[str, Any], repo: BackupRepository) -> None:
+        """With ``object_lock.mode`` set, lock every object of the committed backup (see ragvault.immutability)."""
+        from ragvault.immutability import retain_until, seal
+
+        lock = settings.object_lock
+        if lock.enabled:
+            seal(repo, manifest, lock, retain_until(manifest["backup_date"], lock.lock_days(settings.retention)))
 
     def push_metrics(self, settings: Settings, manifest: dict[str, Any], repo: BackupRepository) -> None:
         """The committed backup's figures to the Pushgateway, if one is configured (never fails the task)."""
@@ -429,7 +449,8 @@ class ApplyRetentionOperator(_BackupOperator):
         repo = self.repository(settings)
         date = self.date(context)
         with self.lock(context, settings, repo).keep_alive():
-            outcome = apply_retention(repo, policy, protect={date}, dry_run=bool(self.dry_run))
+            outcome = apply_retention(repo, policy, protect={date}, dry_run=bool(self.dry_run),
+                                      lock=settings.object_lock)
         if not self.dry_run:
             from ragvault.metrics import push_retention
 

@@ -13,6 +13,11 @@ rule stays. Whatever the rules say, these are never removed:
 A date without a manifest (a run that never committed) is removed once older than ``incomplete_after_days``.
 Every decision carries the rule that made it; a removal deletes the manifest first, so a removal cut short
 leaves an incomplete date (never a manifest naming missing objects), which the next prune finishes.
+
+With object lock (``ragvault.immutability``), a date still locked is kept ("locked until ..."), never tried;
+a kept backup whose rules keep it beyond its lock gets its lock extended (a weekly backup: ``keep_weekly``
+weeks after its date; monthly: ``keep_monthly`` months of 31 days; yearly: ``keep_yearly`` years of 366 days);
+and a removal deletes every version of the date's objects, so the space is freed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ragvault.immutability import ObjectLock, day_start, delete_versions, extend, is_versioned, locked_until
 from ragvault.repository import BackupRepository, batched
 
 log = logging.getLogger(__name__)
@@ -110,10 +116,18 @@ def plan_retention(entries: list[dict[str, Any]], policy: Policy, today: dt.date
     return dict(sorted(decisions.items()))
 
 
-def remove_date(repo: BackupRepository, date: str) -> tuple[int, int]:
+def remove_date(repo: BackupRepository, date: str, *, versioned: bool = False) -> tuple[int, int]:
     """Delete the backup folder ``<date>/``: its manifest first (from then on the date reads as incomplete), then
-    every other object, a thousand per request, then its names in the catalog's index. Returns (objects, bytes)
+    every other object, a thousand per request, then its names in the catalog's index. In a versioned bucket
+    (object lock), every version of them: a plain delete would only hide them. Returns (objects, bytes)
     removed."""
+    if versioned:
+        try:
+            removed, size = delete_versions(repo, f"{date}/", first=repo.manifest_key(date))
+            delete_versions(repo, repo.index_prefix(date))
+        except Exception as exc:
+            raise RetentionError(f"{date}: {exc}") from exc
+        return removed, size
     removed = size = 0
     manifest = repo.manifest_key(date)
     if repo.head(manifest) is not None:
@@ -137,15 +151,52 @@ class RetentionError(RuntimeError):
     """An object of a date chosen for removal could not be removed."""
 
 
+def keep_until(date: str, reasons: list[str], policy: Policy) -> dt.datetime | None:
+    """How long the rules named in ``reasons`` keep the backup of ``date`` at least (see the module's doc), or
+    None when no GFS rule keeps it."""
+    days = {"daily": policy.keep_daily, "weekly": 7 * policy.keep_weekly, "monthly": 31 * policy.keep_monthly,
+            "yearly": 366 * policy.keep_yearly}
+    kept = [days[r.split()[0]] for r in reasons if r.split()[0] in days]
+    return day_start(date) + dt.timedelta(days=max(kept)) if kept else None
+
+
+def _locks(repo: BackupRepository, decisions: dict[str, dict[str, Any]], policy: Policy, lock: ObjectLock,
+           now: dt.datetime, dry_run: bool) -> dict[str, int]:
+    """Keep the dates still locked; extend the locks the rules outlast. Returns ``{date: objects extended}``."""
+    extended = {}
+    for date, decision in decisions.items():
+        if not decision["complete"]:
+            continue
+        until = locked_until(repo, date)
+        if not decision["keep"]:
+            if until is not None and until > now:
+                decision["keep"] = True
+                decision["reasons"] = [f"locked until {until.isoformat()} (object lock): "
+                                       f"{decision['reasons'][0]} then"]
+            continue
+        wanted = keep_until(date, decision["reasons"], policy)
+        if wanted is None or wanted <= now or (until is not None and until >= wanted):
+            continue
+        decision["reasons"].append(f"lock {'to be ' if dry_run else ''}extended to {wanted.date().isoformat()}")
+        if not dry_run:
+            extended[date] = extend(repo, date, lock, wanted)
+    return extended
+
+
 def apply_retention(repo: BackupRepository, policy: Policy, *, today: dt.date | None = None,
                     protect: frozenset[str] | set[str] = frozenset(), dry_run: bool = False,
-                    entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Plan and (unless ``dry_run``) remove; every decision is logged with its rule. Returns
-    ``{"decisions": ..., "removed": [dates], "objects": n, "bytes": n, "failed": {date: error}}``."""
+                    entries: list[dict[str, Any]] | None = None, lock: ObjectLock | None = None) -> dict[str, Any]:
+    """Plan and (unless ``dry_run``) remove; every decision is logged with its rule. With ``lock`` enabled,
+    locked dates are kept and locks extended where the rules keep a backup longer. Returns
+    ``{"decisions": ..., "removed": [dates], "objects": n, "bytes": n, "failed": {date: error},
+    "extended": {date: objects}}``."""
     from ragvault.catalog import list_backups
 
     today = today or dt.datetime.now(dt.UTC).date()
     decisions = plan_retention(list_backups(repo) if entries is None else entries, policy, today, protect)
+    lock = lock or ObjectLock()
+    extended = _locks(repo, decisions, policy, lock, dt.datetime.now(dt.UTC), dry_run) if lock.enabled else {}
+    versioned = lock.enabled or is_versioned(repo)
     removed, objects, size, failed = [], 0, 0, {}
     for date, decision in decisions.items():
         verb = "keep" if decision["keep"] else ("would remove" if dry_run else "remove")
@@ -154,7 +205,7 @@ def apply_retention(repo: BackupRepository, policy: Policy, *, today: dt.date | 
         if decision["keep"] or dry_run:
             continue
         try:
-            count, nbytes = remove_date(repo, date)
+            count, nbytes = remove_date(repo, date, versioned=versioned)
         except Exception as exc:  # the others still go; the caller fails on any
             failed[date] = f"{type(exc).__name__}: {exc}"
             log.error("retention: %s could not be removed: %s", date, failed[date])
@@ -166,4 +217,5 @@ def apply_retention(repo: BackupRepository, policy: Policy, *, today: dt.date | 
     log.info("retention: %d dates kept, %d %s (%d objects, %d bytes)%s", kept, len(decisions) - kept,
              "to remove (dry run)" if dry_run else "removed", objects, size,
              f"; {len(failed)} failed" if failed else "")
-    return {"decisions": decisions, "removed": removed, "objects": objects, "bytes": size, "failed": failed}
+    return {"decisions": decisions, "removed": removed, "objects": objects, "bytes": size, "failed": failed,
+            "extended": extended}

@@ -1,9 +1,10 @@
 """Whole runs of intelligence_restore with `airflow dags test`: the round trip backup -> clean servers ->
 restore -> equal state, and every way a restore must refuse to write.
 
-The backup made here encrypts every artifact (``encryption.scope: all``) with the stack's key; the restores run
-after a key rotation (a new key first in the connection's password, the backup's key after it), so the round
-trip also shows that a backup made with a retired key restores."""
+The backup made here is the hardened set-up: every artifact encrypted (``encryption.scope: all``) with the
+stack's key, in a bucket with object lock (``object_lock.mode: governance``); the restores run after a key
+rotation (a new key first in the connection's password, the backup's key after it), so the round trip also
+shows that a backup made with a retired key restores."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def restore_bucket(new_bucket):
     """A bucket of this module's own, so that `latest` is the backup made here."""
-    return new_bucket("ragvault-restore")
+    return new_bucket("ragvault-restore", object_lock=True)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,8 @@ def backup(airflow, tmp_path_factory, fresh_date, restore_bucket, stack):
     date = fresh_date()
     seed_everything(date)
     config = write_local_settings(tmp_path_factory.mktemp("restore") / "ragvault.yaml", bucket=restore_bucket,
-                                  retries=0, encryption={"scope": "all"})
+                                  retries=0, encryption={"scope": "all"},
+                                  object_lock={"mode": "governance", "days": 1})
     proc = airflow.run("dags", "test", BACKUP, date,
                        env={"RAGVAULT_CONFIG": str(config), KEY_CONN: key_connection(BACKUP_KEY)})
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -148,7 +150,7 @@ def seeded_texts() -> set[bytes]:
     return texts
 
 
-def test_with_scope_all_no_object_of_the_backup_holds_plaintext(backup, s3_client, restore_bucket):
+def test_every_object_of_the_backup_is_locked_and_none_holds_plaintext(backup, s3_client, restore_bucket):
     from ragvault.crypto import MAGIC, SCHEME, Cipher, parse_key
 
     date, _, _ = backup
@@ -164,6 +166,11 @@ def test_with_scope_all_no_object_of_the_backup_holds_plaintext(backup, s3_clien
         assert (artifact["encryption"], artifact["key_fingerprint"]) == (SCHEME, key), artifact["key"]
         assert artifact.get("raw_sha256") is None and artifact.get("content_mac"), artifact["key"]
     for listed_object in listed:
+        if listed_object["Key"] not in others or listed_object["Key"].endswith("/manifest.json"):
+            # sealed once committed: locked until the day after the backup's date
+            head = s3_client.head_object(Bucket=restore_bucket, Key=listed_object["Key"])
+            assert head["ObjectLockMode"] == "GOVERNANCE", listed_object["Key"]
+            assert head["ObjectLockRetainUntilDate"].date().isoformat() > date, listed_object["Key"]
         body = s3_client.get_object(Bucket=restore_bucket, Key=listed_object["Key"])["Body"].read()
         if listed_object["Key"] not in others:
             assert body.startswith(MAGIC), listed_object["Key"]

@@ -3,12 +3,14 @@ restore target, or a source and a server loaded from a backup file) field by fie
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -199,3 +201,20 @@ def mongo_state(client, skip=("admin", "local", "config")) -> dict:
         if collections:
             state[db] = collections
     return state
+
+
+def scraped(query: str, until: Callable[[dict[str, float]], bool], timeout: float = 60) -> dict[str, float]:
+    """``{component: value}`` of a PromQL query through the real Prometheus (which scrapes the Pushgateway every
+    5 s), once ``until`` holds for it."""
+    import requests
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_PROMETHEUS_DEFAULT"])
+    url = f"http://{conn['host']}:{conn['port']}/api/v1/query"
+    deadline, found = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        answer = requests.get(url, params={"query": query}, timeout=10).json()
+        found = {r["metric"].get("component", ""): float(r["value"][1]) for r in answer["data"]["result"]}
+        if until(found):
+            return found
+        time.sleep(2)
+    raise AssertionError(f"{query}: {found} after {timeout} s")

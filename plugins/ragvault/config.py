@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "transfer": {"part_size_mib": 8, "concurrency": 4},
     "encryption": {"scope": "secrets"},
     "object_lock": {"mode": None, "days": None},
+    "drill": {"schedule": "0 4 * * 0", "components": [], "sample": 100,
+              "connections": {"qdrant": "qdrant_drill", "mongo": "mongo_drill", "redis": "redis_drill"}},
     "backfill": {"state_parts": "skip"},
     "retention": {"enabled": False, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 2,
                   "min_age_days": 3, "incomplete_after_days": 7},

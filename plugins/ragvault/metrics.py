@@ -19,7 +19,11 @@ and for the bucket (group ``{bucket}``): ``ragvault_backup_last_complete_timesta
 wrote (``ragvault_backup_last_complete_date_timestamp_seconds``), ``ragvault_bucket_complete_backups`` and
 ``ragvault_bucket_stored_bytes``; retention (job ``ragvault_retention``): ``ragvault_retention_removed_dates``,
 ``ragvault_retention_removed_bytes``, ``ragvault_retention_kept_dates`` and
-``ragvault_retention_last_run_timestamp_seconds``.
+``ragvault_retention_last_run_timestamp_seconds``; restore drills (job ``ragvault_drill``, group ``{bucket}``):
+``ragvault_drill_last_run_timestamp_seconds``, ``ragvault_drill_last_success_timestamp_seconds`` (left as it was
+by a drill that fails), ``ragvault_drill_passed``, ``ragvault_drill_backup_date_timestamp_seconds``, and per
+component ``ragvault_drill_component_passed{component}``, ``ragvault_drill_items{component}``,
+``ragvault_drill_duration_seconds{component}``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from airflow.sdk import BaseNotifier
 
 log = logging.getLogger(__name__)
 
-BACKUP_JOB, RETENTION_JOB = "ragvault_backup", "ragvault_retention"
+BACKUP_JOB, RETENTION_JOB, DRILL_JOB = "ragvault_backup", "ragvault_retention", "ragvault_drill"
 BACKUP_DAG = "intelligence_backup"
 
 
@@ -169,6 +173,29 @@ def push_retention(settings, outcome: dict[str, Any], now: float | None = None) 
         "ragvault_retention_last_run_timestamp_seconds": ("When retention last ran", time.time() if now is None
                                                           else now, {}),
     })
+
+
+def push_drill(settings, outcome: dict[str, Any], now: float | None = None) -> bool:
+    """Push a restore drill's result (``ragvault.drill.record_drill``'s)."""
+    now = time.time() if now is None else now
+    gauges = {
+        "ragvault_drill_last_run_timestamp_seconds": ("When a restore drill last ran", now, {}),
+        "ragvault_drill_passed": ("1 when the last restore drill found the backup whole, else 0",
+                                  1 if outcome["passed"] else 0, {}),
+        "ragvault_drill_backup_date_timestamp_seconds": ("The backup date the last drill restored, as midnight UTC",
+                                                         _date_seconds(outcome["date"]), {}),
+    }
+    if outcome["passed"]:
+        gauges["ragvault_drill_last_success_timestamp_seconds"] = ("When a restore drill last passed", now, {})
+    pushed = Pushgateway(settings).push(DRILL_JOB, {}, gauges)
+    for name, result in outcome["components"].items():
+        Pushgateway(settings).push(DRILL_JOB, {"component": name}, {
+            "ragvault_drill_component_passed": ("1 when the component's part of the last drill was equal to the "
+                                                "backup", 0 if result["problems"] else 1, {}),
+            "ragvault_drill_items": ("Items of the component the last drill restored", result["items"], {}),
+            "ragvault_drill_duration_seconds": ("Time the component's drill took", result["seconds"], {}),
+        })
+    return pushed
 
 
 class FailureMetricsNotifier(BaseNotifier):

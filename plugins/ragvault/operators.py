@@ -830,3 +830,88 @@ class VerifyRestoreOperator(_RestoreOperator):
             raise ComponentError("restore", None, "the restored state differs from the backup:\n  "
                                  + "\n  ".join(problems))
         return {"rows": rows, "equal": True}
+
+
+# -- restore drills -------------------------------------------------------------------------------------
+
+
+class DrillComponentOperator(_RestoreOperator):
+    """Drill one component of the resolved backup: restore it into scratch targets, compare, clean up (see
+    ``ragvault.drill``). Its result goes to XCom even when it fails, for ``record_drill``.
+
+    :param component: the component's name.
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    template_fields: Sequence[str] = ("resolved", "config_path")
+    ui_color = "#fcf3cf"
+
+    def __init__(self, *, component: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.component = component
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from ragvault.drill import DrillSettings, drill_component
+
+        if self.component not in self.resolved["components"]:
+            raise AirflowSkipException(f"{self.component} is not in the backup of {self.resolved['date']}")
+        settings = self.settings()
+        repo, manifest, _ = self.backup(settings)
+        try:
+            result = drill_component(repo, manifest, self.component, settings, DrillSettings.from_settings(settings),
+                                     log=self.log)
+        except Exception as exc:
+            result = {"component": self.component, "how": "-", "items": 0, "equal": 0, "seconds": 0,
+                      "problems": [f"{self.component}: {type(exc).__name__}: {exc}"]}
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise
+        if result["problems"]:
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise ComponentError(self.component, None, "what the drill restored differs from the backup:\n  "
+                                 + "\n  ".join(result["problems"]))
+        return result
+
+
+class RecordDrillOperator(_RestoreOperator):
+    """Gather the components' drill results, write them beside the manifest (``<date>/drill.json``), push them to
+    the Pushgateway, and fail when any component's drill failed (it runs whatever they did).
+
+    :param drill_tasks: ``{component: task_id}`` of the drill tasks whose results to gather.
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    def __init__(self, *, drill_tasks: Mapping[str, str], **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
+        super().__init__(**kwargs)
+        self.drill_tasks = dict(drill_tasks)
+
+    def execute(self, context) -> dict[str, Any]:
+        from ragvault.drill import record_drill
+        from ragvault.metrics import push_drill
+
+        if not self.resolved or "date" not in self.resolved:
+            raise ValueError("no backup was resolved: nothing was drilled")
+        settings = self.settings()
+        repo = self.repository(settings)
+        results = []
+        for component, task_id in self.drill_tasks.items():
+            value = context["ti"].xcom_pull(task_ids=task_id)
+            if value:
+                results.append(value)
+            elif component in self.resolved["components"]:
+                results.append({"component": component, "how": "-", "items": 0, "equal": 0, "seconds": 0,
+                                "problems": [f"{component}: its drill task ended without a result"]})
+        outcome = record_drill(repo, self.resolved["date"], results, context["dag_run"].run_id)
+        push_drill(settings, outcome)
+        lines = [f"{'component':10} {'how':16} {'items':>5} {'equal':>5}   result"]
+        lines += [f"{r['component']:10} {r['how']:16} {r['items']:>5} {r['equal']:>5}   "
+                  f"{'ok' if not r['problems'] else 'DIFFERS'}" for r in results]
+        self.log.info("restore drill of the backup of %s\n%s", self.resolved["date"], "\n".join(lines))
+        if not outcome["passed"]:
+            raise ComponentError("drill", None, f"the restore drill of {self.resolved['date']} failed:\n  "
+                                 + "\n  ".join(p for r in results for p in r["problems"]))
+        return {"date": outcome["date"], "passed": True, "components": len(results)}

@@ -690,6 +690,14 @@ def rdb_checksum(chunks: Iterable[bytes]) -> tuple[int, int]:
     return int.from_bytes(tail, "little"), crc
 
 
+def string_value(entry: RdbEntry) -> bytes | None:
+    """The value of a ``string`` entry, decoded from its payload (integers as their text, LZF expanded); None
+    for the other types."""
+    if entry.type_name != "string":
+        return None
+    return RdbStream([entry.payload[1:]], verify_checksum=False)._string()
+
+
 def iter_restore_entries(chunks: Iterable[bytes], verify_checksum: bool = True) -> RdbStream:
     """Iterate the keys of the RDB file streamed as ``chunks``, each as an :class:`RdbEntry` with its RESTORE
     payload; the returned object also exposes ``version``, ``aux``, ``functions`` and friends (see

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 #: the last ``verify`` of a date's backup (see ``ragvault.catalog``): beside its manifest, never an artifact
 VERIFICATION_NAME = "verification.json"
+#: the last restore drill's result, beside the manifest (see ``ragvault.drill``)
+DRILL_NAME = "drill.json"
 MANIFEST_FORMAT = "ragvault.manifest/v1"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MiB = 1024 * 1024
@@ -1119,8 +1121,8 @@ class BackupRepository:
         """Remove the objects under the manifest's date that it does not name (an earlier run's, staged copies
         already moved, abandoned staging folders); one line in the log says how many."""
         date = manifest["backup_date"]
-        keep = {a.get("stored_at") or a["key"] for a in manifest["artifacts"]} | {self.manifest_key(date),
-                                                                                  self.verification_key(date)}
+        keep = {a.get("stored_at") or a["key"] for a in manifest["artifacts"]} | {
+            self.manifest_key(date), self.verification_key(date), f"{date}/{DRILL_NAME}"}
         removed = removed_bytes = 0
         for obj in self.list_keys(f"{date}/"):
             if obj["Key"] not in keep:

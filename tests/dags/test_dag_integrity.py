@@ -127,3 +127,23 @@ def test_restore_form(dagbag):
 def test_restore_dag_is_active_on_creation(dagbag):
     """A DAG with no schedule that starts paused queues every triggered run until someone unpauses it."""
     assert dagbag.dags["intelligence_restore"].is_paused_upon_creation is False
+
+
+def test_restore_drill_dag_shape(dagbag):
+    """Weekly, paused until an operator enables it; the newest backup resolved, one self-contained drill task
+    per component (in the seed's restore order, all hanging from resolve_backup), and record_drill after
+    them whatever they did."""
+    from airflow.sdk import TriggerRule
+
+    from ragvault.components import RESTORE_ORDER
+
+    dag = dagbag.dags["intelligence_restore_drill"]
+    tasks = dag.task_dict
+    assert dag.schedule == "0 4 * * 0" and dag.catchup is False and dag.max_active_runs == 1
+    assert dag.is_paused_upon_creation in (None, True)
+    resolve, record = tasks["resolve_backup"], tasks["record_drill"]
+    assert resolve.backup_date == "latest" and not resolve.upstream_task_ids
+    drills = [f"drill_{name}" for name in RESTORE_ORDER]
+    assert resolve.downstream_task_ids == set(drills) == record.upstream_task_ids
+    assert record.trigger_rule == TriggerRule.ALL_DONE and not record.downstream_task_ids
+    assert record.drill_tasks == {name: f"drill_{name}" for name in RESTORE_ORDER}

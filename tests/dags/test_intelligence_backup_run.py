@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import time
-from collections.abc import Callable
 from datetime import datetime
 
 import pytest
-import requests
 
 from devstack.localconfig import write_local_settings
 from devstack.stack import seed_everything
+from devstack.state import scraped
 from ragvault.components import REGISTRY
 from ragvault.config import DEFAULTS
 
@@ -50,21 +48,6 @@ def redis_client():
 
 def output(proc) -> str:
     return proc.stdout[-6000:] + proc.stderr[-6000:]
-
-
-def scraped(query: str, until: Callable[[dict[str, float]], bool], timeout: float = 60) -> dict[str, float]:
-    """``{component: value}`` of a PromQL query through the real Prometheus (which scrapes the Pushgateway every
-    5 s), once ``until`` holds for it."""
-    conn = json.loads(os.environ["AIRFLOW_CONN_PROMETHEUS_DEFAULT"])
-    url = f"http://{conn['host']}:{conn['port']}/api/v1/query"
-    deadline, found = time.monotonic() + timeout, {}
-    while time.monotonic() < deadline:
-        answer = requests.get(url, params={"query": query}, timeout=10).json()
-        found = {r["metric"].get("component", ""): float(r["value"][1]) for r in answer["data"]["result"]}
-        if until(found):
-            return found
-        time.sleep(2)
-    raise AssertionError(f"{query}: {found} after {timeout} s")
 
 
 def test_whole_run_writes_a_manifest_matching_the_bucket(airflow, local_config, s3_client, bucket, backup_date,

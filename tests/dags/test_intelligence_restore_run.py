@@ -9,6 +9,7 @@ shows that a backup made with a retired key restores."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import pytest
 from devstack import seed
 from devstack.localconfig import REPO, state_dir, write_local_settings
 from devstack.stack import seed_everything, wipe_everything
-from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state
+from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state, scraped
 from ragvault.components import REGISTRY
 
 pytestmark = pytest.mark.timeout(1200)
@@ -111,7 +112,8 @@ def restore(airflow, config, keys=ROTATED, **conf):
 def errors(proc) -> str:
     """The error lines of a run's output (the whole output is too long for an assertion message)."""
     lines = (proc.stdout + proc.stderr).splitlines()
-    return "\n".join(line[:600] for line in lines if "Error" in line or "error" in line.split("]")[0])[-8000:]
+    return "\n".join(line[:600] for line in lines if "Error" in line or "error" in line.split("]")[0]
+                     or re.match(r"^\s+[a-z]+\[[^\]]*\]: ", line))[-8000:]  # or a problem, indented
 
 
 def written(states) -> list[str]:
@@ -139,6 +141,140 @@ def test_round_trip_of_all_nine_components_onto_clean_servers(airflow, backup, s
     for source in demo.rglob("*"):
         if source.is_file():
             assert (files / source.relative_to(demo)).read_bytes() == source.read_bytes(), source
+
+
+# -- the weekly restore drill (intelligence_restore_drill), on the same backup --------------------------------
+
+DRILL = "intelligence_restore_drill"
+
+
+def scratch_data() -> dict:
+    """What the drill's scratch servers hold (their connections: qdrant_drill, mongo_drill, redis_drill)."""
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    from ragvault.hooks.qdrant import QdrantHook
+    from ragvault.hooks.redis import RedisHook
+
+    mongo = MongoHook(mongo_conn_id="mongo_drill").get_conn()
+    return {"qdrant": sorted(c.name for c in QdrantHook(qdrant_conn_id="qdrant_drill").client.get_collections()
+                             .collections),
+            "mongodb": sorted(set(mongo.list_database_names()) - {"admin", "local", "config"}),
+            "redis": RedisHook(redis_conn_id="redis_drill").get_conn().dbsize()}
+
+
+def production_files() -> dict:
+    files = state_dir() / "demo-files"
+    return {str(p): p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()}
+
+
+def test_the_drill_restores_the_newest_backup_into_scratch_and_leaves_the_stack_alone(airflow, backup, stack,
+                                                                                     s3_client, restore_bucket):
+    date, config, at_backup = backup
+    stack.seed()  # the stack holds other data than the backup: a drill that wrote there would show
+    before = {"stores": stack.state(), "files": production_files()}
+    proc = airflow.run("dags", "test", DRILL, "--conf", "{}", env={"RAGVAULT_CONFIG": str(config), **ROTATED})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, errors(proc)
+    run = max(airflow.json_output("dags", "list-runs", DRILL), key=lambda r: r["run_after"])
+    states = airflow.task_states(DRILL, run["run_id"])
+    assert set(states.values()) == {"success"} and len(states) == len(REGISTRY) + 2, states
+    assert f"restore drill of the backup of {date}" in output
+    for name in REGISTRY:  # every component's row says ok
+        row = rf"^{name} +(scratch server|temporary folder|offline) +\d+ +\d+ +ok\b"
+        assert re.search(row, output, re.MULTILINE), [line for line in output.splitlines() if name in line][-5:]
+    recorded = json.loads(s3_client.get_object(Bucket=restore_bucket, Key=f"{date}/drill.json")["Body"].read())
+    assert recorded["passed"] is True and set(recorded["components"]) == set(REGISTRY)
+    assert recorded["components"]["qdrant"]["items"] == len(at_backup["qdrant"])
+    # its metrics, through the real Prometheus (which scrapes the Pushgateway)
+    assert scraped(f'ragvault_drill_passed{{bucket="{restore_bucket}"}}', lambda f: f.get("") == 1)
+    passed = scraped(f'ragvault_drill_component_passed{{bucket="{restore_bucket}"}}',
+                     lambda f: set(f) == set(REGISTRY))
+    assert passed == dict.fromkeys(REGISTRY, 1.0)
+    assert scraped(f'ragvault_drill_backup_date_timestamp_seconds{{bucket="{restore_bucket}"}}', lambda f: bool(f)) \
+        == {"": datetime.datetime.fromisoformat(date).replace(tzinfo=datetime.UTC).timestamp()}
+    # the stack is byte-identical, and no scratch data is left behind
+    stack.assert_same(before["stores"], stack.state())
+    assert production_files() == before["files"]
+    assert scratch_data() == {"qdrant": [], "mongodb": [], "redis": 0}
+
+
+def test_a_drill_names_the_item_and_the_difference_when_a_scratch_target_differs(backup, s3_client,
+                                                                                  restore_bucket):
+    """Between the drill's restore and its comparison, a point is removed from a scratch collection, a
+    scratch document edited, a scratch Redis value changed: each drill fails naming the item and the
+    difference, and still cleans its scratch server."""
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    from ragvault.config import load_settings
+    from ragvault.drill import DrillSettings, drill_component
+    from ragvault.hooks.qdrant import QdrantHook
+    from ragvault.hooks.redis import RedisHook
+    from ragvault.rdb import iter_restore_entries
+    from ragvault.repository import BackupRepository
+
+    date, config, _ = backup
+    settings = load_settings(config)
+    repo = BackupRepository(s3_client, restore_bucket)
+    manifest = repo.read_manifest(date)
+    drill = DrillSettings.from_settings(settings)
+    collection = sorted(manifest["components"]["qdrant"]["items"])[0]
+    database = sorted(manifest["components"]["mongodb"]["items"])[0]
+    first_key = {}
+
+    def alter(name, scratch):
+        if name == "qdrant":
+            client = QdrantHook(qdrant_conn_id="qdrant_drill").client
+            point = client.scroll(collection, limit=1)[0][0]
+            client.delete(collection, points_selector=[point.id])
+        elif name == "mongodb":
+            db = MongoHook(mongo_conn_id="mongo_drill").get_conn()[database]
+            name_ = sorted(db.list_collection_names())[0]
+            document = db[name_].find_one(sort=[("_id", 1)])
+            db[name_].update_one({"_id": document["_id"]}, {"$set": {"drill_edit": True}})
+            first_key["mongodb"] = f"{name_}: document"
+        else:
+            from ragvault.components.base import RestoreContext
+
+            ctx = RestoreContext(repo=repo, manifest=manifest, component="redis", settings=scratch)
+            entry = next(e for e in iter_restore_entries(ctx.read(ctx.artifact("all", "dump.rdb")))
+                         if e.type_name == "string" and e.expire_at_ms is None)
+            RedisHook(redis_conn_id="redis_drill").get_conn(db=entry.db).set(entry.key, b"changed by the test")
+            first_key["redis"] = f"db{entry.db} key {entry.key!r}: its value differs from the backup's"
+
+    results = {name: drill_component(repo, manifest, name, settings, drill, after_restore=alter)
+               for name in ("qdrant", "mongodb", "redis")}
+    qdrant, mongodb, redis = (results[n]["problems"] for n in ("qdrant", "mongodb", "redis"))
+    points = manifest["components"]["qdrant"]["items"][collection]["counts"]["points"]
+    assert f"qdrant[{collection}]: {points - 1} points, {points} in the backup" in qdrant, qdrant
+    assert any(p.startswith(f"mongodb[{database}]: {first_key['mongodb']}") and "differs from the export" in p
+               for p in mongodb), mongodb
+    assert f"redis[all]: {first_key['redis']}" in redis, redis
+    assert all(results[n]["equal"] < results[n]["items"] for n in results)
+    assert scratch_data() == {"qdrant": [], "mongodb": [], "redis": 0}
+
+
+def test_a_drill_refuses_a_scratch_connection_that_reaches_production(backup, s3_client, restore_bucket, stack):
+    from ragvault.config import Settings, load_settings
+    from ragvault.drill import DrillError, DrillSettings, drill_component
+    from ragvault.repository import BackupRepository
+
+    date, config, _ = backup
+    data = load_settings(config).data
+    # another connection id, the same server: localhost resolves to the production Redis's 127.0.0.1
+    redis_default = json.loads(os.environ["AIRFLOW_CONN_REDIS_DEFAULT"])
+    os.environ["AIRFLOW_CONN_REDIS_LOOKALIKE"] = json.dumps({**redis_default, "host": "localhost"})
+    try:
+        settings = Settings(data={**data, "drill": {**data["drill"], "connections": {**data["drill"]["connections"],
+                                                                                    "redis": "redis_lookalike"}}},
+                            source="test")
+        stack.seed()
+        before = stack.state()
+        repo = BackupRepository(s3_client, restore_bucket)
+        with pytest.raises(DrillError, match="'redis_lookalike' reaches redis://localhost:.*the production server"):
+            drill_component(repo, repo.read_manifest(date), "redis", settings, DrillSettings.from_settings(settings))
+        stack.assert_same(before, stack.state())
+    finally:
+        del os.environ["AIRFLOW_CONN_REDIS_LOOKALIKE"]
 
 
 def seeded_texts() -> set[bytes]:

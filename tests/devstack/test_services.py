@@ -398,7 +398,8 @@ def test_status_lists_every_service(tmp_path):
         "status", env_file=tmp_path / "services.env", devstack=tmp_path / "devstack"
     ).stdout.splitlines()
     names = [line.split()[0] for line in out]
-    assert names == ["minio", "redis", "mongo", "qdrant", "pushgateway", "prometheus", "grafana", "langsmith"]
+    assert names == ["minio", "redis", "mongo", "qdrant", "pushgateway", "prometheus", "grafana", "langsmith",
+                     "redis_drill", "mongo_drill", "qdrant_drill"]  # the restore drill's scratch servers
     # Nothing was started from this empty state dir, so no line can claim a pid.
     assert all(line.split()[1] in {"down", "absent", "foreign", "external"} for line in out)
     assert all(line.endswith("pid -") for line in out)

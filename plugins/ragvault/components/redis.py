@@ -229,13 +229,38 @@ class RedisComponent(Component):
         ctx.log.info("redis: %d keys restored in %d dbs", restored, len(pipes))
         return {"keys": restored, "dbs": len(pipes), "expired": expired, "functions": len(entries.functions)}
 
-    def verify_restore(self, ctx: RestoreContext, item: str) -> list[str]:
+    def verify_restore(self, ctx: RestoreContext, item: str, sample: int = 100) -> list[str]:
+        """Keys per db, then the first ``sample`` keys of dump.rdb one by one: present, of the same type, with
+        an expiry when they had one, and (strings) the same value byte for byte."""
+        from ragvault.rdb import iter_restore_entries, string_value
+
+        hook = self.hook()
         expected = {db: stats["keys"] for db, stats in ctx.item(item)["details"]["keyspace"].items()}
-        actual = _keyspace(self.hook().get_conn())
+        actual = _keyspace(hook.get_conn())
         problems = []
         for db in sorted(set(expected) | set(actual)):
             if expected.get(db, 0) != actual.get(db, 0):
                 problems.append(f"{db}: {actual.get(db, 0)} keys, {expected.get(db, 0)} in the backup")
+        now_ms, checked, clients = int(time.time() * 1000), 0, {}
+        for entry in iter_restore_entries(ctx.read(ctx.artifact(item, "dump.rdb"))):
+            if checked >= sample:
+                break
+            if entry.expire_at_ms is not None and entry.expire_at_ms <= now_ms + 60_000:
+                continue  # expired (or about to) since the backup: not restored, or may go while compared
+            checked += 1
+            client = clients.setdefault(entry.db, hook.get_conn(db=entry.db))
+            where = f"db{entry.db} key {entry.key!r}"
+            found = client.type(entry.key)
+            found = found.decode() if isinstance(found, bytes) else found
+            if found == "none":
+                problems.append(f"{where} missing")
+            elif found != entry.type_name:
+                problems.append(f"{where} is a {found}, a {entry.type_name} in the backup")
+            elif entry.type_name == "string" and client.get(entry.key) != string_value(entry):
+                problems.append(f"{where}: its value differs from the backup's")
+            elif (client.pttl(entry.key) >= 0) != (entry.expire_at_ms is not None):
+                problems.append(f"{where}: {'an' if entry.expire_at_ms else 'no'} expiry in the backup, "
+                                f"{'none' if entry.expire_at_ms else 'one'} restored")
         return problems
 
 def _hashed(chunks: Iterable[bytes], digest) -> Iterator[bytes]:

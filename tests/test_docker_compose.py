@@ -517,3 +517,18 @@ def test_the_image_ragvault_command_runs_the_mounted_package(tmp_path):
                           env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "list, show, verify, diff" in done.stdout
+
+
+def test_the_drills_scratch_connections_reach_scratch_servers_of_the_stack(compose, settings):
+    """drill.connections are defined for the workers, each on a service of its own that keeps no volume: never
+    the production server of the same kind."""
+    from ragvault.drill import SERVERS, DrillSettings
+
+    drill = DrillSettings.from_settings(settings)
+    for component, name in SERVERS.items():
+        scratch = connection(compose["services"][WORKER], drill.connections[name])
+        production = connection(compose["services"][WORKER], settings.conn_id(name))
+        assert scratch["host"] != production["host"], component
+        service = compose["services"][scratch["host"]]
+        assert "volumes" not in service and "ports" not in service, scratch["host"]
+        assert service["image"] == compose["services"][production["host"]]["image"], component

@@ -23,6 +23,7 @@ from typing import Any
 
 from ragvault.repository import (
     DATE_RE,
+    DRILL_NAME,
     MANIFEST_FORMAT,
     BackupRepository,
     ManifestError,
@@ -57,8 +58,9 @@ def list_backups(repo: BackupRepository, workers: int = LIST_WORKERS, *, check: 
                  ) -> list[dict[str, Any]]:
     """One entry a date, oldest first: ``date``, ``complete``, ``state_captured_at``, ``created_at``, ``run_id``,
     ``components`` (name -> mode), ``artifacts``, ``size`` (stored bytes), ``verification`` (the last
-    :func:`verify`'s summary, None when never verified or when the backup was replaced since) and ``problem``
-    (why a folder that holds a manifest cannot be read as a backup).
+    :func:`verify`'s summary, None when never verified or when the backup was replaced since), ``drill`` (the
+    last restore drill's result, ``ragvault.drill``, likewise) and ``problem`` (why a folder that holds a
+    manifest cannot be read as a backup).
 
     Dates the catalog's index names are read from it (two LISTs in all); the others, and every date with
     ``check``, from their manifest's HEAD (several at once).
@@ -70,7 +72,7 @@ def list_backups(repo: BackupRepository, workers: int = LIST_WORKERS, *, check: 
 
 def _blank(date: str) -> dict[str, Any]:
     return {"date": date, "complete": False, "state_captured_at": None, "created_at": None, "run_id": None,
-            "components": {}, "artifacts": None, "size": None, "verification": None, "problem": None}
+            "components": {}, "artifacts": None, "size": None, "verification": None, "drill": None, "problem": None}
 
 
 def _summarised(entry: dict[str, Any], summary: dict[str, str]) -> dict[str, Any]:
@@ -90,6 +92,11 @@ def _verification(fields: dict[str, Any]) -> dict[str, Any]:
             "checked": int(fields.get("checked") or 0), "read": int(fields.get("read") or 0)}
 
 
+def _drill(fields: dict[str, Any]) -> dict[str, Any]:
+    return {"passed": fields.get("passed") == "true", "drilled_at": fields.get("drilled-at"),
+            "problems": int(fields.get("problems") or 0)}
+
+
 def _entry(repo: BackupRepository, date: str, indexed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     entry = _blank(date)
     if indexed and "m" in indexed:
@@ -99,6 +106,9 @@ def _entry(repo: BackupRepository, date: str, indexed: dict[str, dict[str, Any]]
         verified = indexed.get("v")
         if verified is not None and verified["etag"] == manifest["etag"]:
             entry["verification"] = _verification(verified["fields"])
+        drilled = indexed.get("d")
+        if drilled is not None and drilled["etag"] == manifest["etag"]:
+            entry["drill"] = _drill(drilled["fields"])
         return entry
     head = repo.head(repo.manifest_key(date))
     if head is None:  # a run that never committed: what it left
@@ -123,6 +133,9 @@ def _entry(repo: BackupRepository, date: str, indexed: dict[str, dict[str, Any]]
         record = verified.get("Metadata") or {}
         if record.get("manifest-etag") == head["ETag"].strip('"'):
             entry["verification"] = _verification(record)
+    drilled = repo.head(f"{date}/{DRILL_NAME}")
+    if drilled is not None and (drilled.get("Metadata") or {}).get("manifest-etag") == head["ETag"].strip('"'):
+        entry["drill"] = _drill(drilled["Metadata"])
     return entry
 
 

@@ -125,7 +125,7 @@ def cmd_list(args, repo, settings, out: Console, err: Console) -> int:
         _print_json(out, entries)
         return OK
     table = Table(title=f"backups in s3://{repo.bucket}", title_justify="left")
-    for column in ("date", "status", "state captured", "components", "artifacts", "size", "verified"):
+    for column in ("date", "status", "state captured", "components", "artifacts", "size", "verified", "drill"):
         table.add_column(column, justify="right" if column in ("artifacts", "size") else "left")
     for entry in entries:
         status = "complete" if entry["complete"] else ("unreadable" if entry["problem"] else "incomplete")
@@ -136,8 +136,11 @@ def cmd_list(args, repo, settings, out: Console, err: Console) -> int:
         check = entry["verification"]
         verified = f"{check['result']} {check['verified_at'][:16]} ({check['read']}/{check['checked']} read)" \
             if check else "-"
+        drill = entry["drill"]
+        drilled = f"{'passed' if drill['passed'] else 'FAILED'} {(drill['drilled_at'] or '')[:16]}" if drill else "-"
         table.add_row(entry["date"], status, (entry["state_captured_at"] or "-")[:19], components,
-                      "-" if entry["artifacts"] is None else str(entry["artifacts"]), human(entry["size"]), verified)
+                      "-" if entry["artifacts"] is None else str(entry["artifacts"]), human(entry["size"]), verified,
+                      drilled)
     out.print(table)
     complete = sum(1 for e in entries if e["complete"])
     out.print(f"{complete} complete, {len(entries) - complete} incomplete; "

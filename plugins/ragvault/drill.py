@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 #: component -> the name of its connection in ``connections`` (the drill gives each a scratch one)
 SERVERS = {"qdrant": "qdrant", "mongodb": "mongo", "redis": "redis"}
+#: components restored into a temporary folder (scratch_settings rewrites their paths)
 FILES = ("langchain", "gpt", "infra")
 OFFLINE = ("prometheus", "grafana", "langsmith")
 PROMTOOL = "promtool"
@@ -192,6 +193,10 @@ def drill_component(repo: BackupRepository, manifest: dict[str, Any], name: str,
     ``after_restore(name, scratch_settings)`` is called between the restore and the comparison (tests use it
     to alter a scratch target). Returns ``{"component", "how", "items", "equal", "problems", "seconds"}``.
     """
+    if name not in SERVERS and name not in FILES and name not in OFFLINE:
+        # a component the drill does not know where to restore safely is never restored by it
+        raise DrillError(name, None, "the drill has no scratch target for this component (ragvault.drill: SERVERS, "
+                                     "FILES or OFFLINE_CHECKS)")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix=f"ragvault-drill-{name}-"))
     try:
@@ -377,7 +382,8 @@ def record_drill(repo: BackupRepository, date: str, results: list[dict[str, Any]
                "manifest_etag": (head or {}).get("ETag", "").strip('"'),
                "components": {r["component"]: r for r in results}}
     fields = {"passed": str(outcome["passed"]).lower(), "drilled-at": outcome["drilled_at"],
-              "components": str(len(results)), "problems": str(sum(len(r["problems"]) for r in results))}
+              "components": str(len(results)), "problems": str(sum(len(r["problems"]) for r in results)),
+              "manifest-etag": outcome["manifest_etag"]}
     repo.drop_index(date, "d")
     repo.client.put_object(Bucket=repo.bucket, Key=drill_key(date), ContentType="application/json",
                            Body=json.dumps(outcome, indent=2).encode(), Metadata=fields)

@@ -185,6 +185,14 @@ def test_the_drill_restores_the_newest_backup_into_scratch_and_leaves_the_stack_
     recorded = json.loads(s3_client.get_object(Bucket=restore_bucket, Key=f"{date}/drill.json")["Body"].read())
     assert recorded["passed"] is True and set(recorded["components"]) == set(REGISTRY)
     assert recorded["components"]["qdrant"]["items"] == len(at_backup["qdrant"])
+    # the catalog shows it (ragvault list: the index, then the objects' HEADs)
+    from ragvault.catalog import list_backups
+    from ragvault.repository import BackupRepository
+
+    for check in (False, True):
+        [entry] = [e for e in list_backups(BackupRepository(s3_client, restore_bucket), check=check)
+                   if e["date"] == date]
+        assert entry["drill"] == {"passed": True, "drilled_at": recorded["drilled_at"], "problems": 0}, check
     # its metrics, through the real Prometheus (which scrapes the Pushgateway)
     assert scraped(f'ragvault_drill_passed{{bucket="{restore_bucket}"}}', lambda f: f.get("") == 1)
     passed = scraped(f'ragvault_drill_component_passed{{bucket="{restore_bucket}"}}',

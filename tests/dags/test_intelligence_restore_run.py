@@ -200,6 +200,18 @@ def test_the_drill_restores_the_newest_backup_into_scratch_and_leaves_the_stack_
     assert passed == dict.fromkeys(REGISTRY, 1.0)
     assert scraped(f'ragvault_drill_backup_date_timestamp_seconds{{bucket="{restore_bucket}"}}', lambda f: bool(f)) \
         == {"": datetime.datetime.fromisoformat(date).replace(tzinfo=datetime.UTC).timestamp()}
+    # with a retention run too, every panel of the dashboard the package ships has data for this bucket
+    from ragvault.config import load_settings
+    from ragvault.metrics import push_retention
+    from ragvault.retention import Policy, apply_retention
+
+    kept = apply_retention(BackupRepository(s3_client, restore_bucket), Policy(enabled=True, keep_daily=1000,
+                                                                                min_age_days=0))
+    assert kept["removed"] == [] and push_retention(load_settings(config), kept)
+    board = json.loads((REPO / "include" / "compose" / "grafana" / "dashboards" / "ragvault-backups.json").read_text())
+    for panel in (p for p in board["panels"] if p["type"] != "row"):
+        for target in panel["targets"]:
+            assert scraped(target["expr"].replace("$bucket", restore_bucket), bool), (panel["title"], target["expr"])
     # the stack is byte-identical, and no scratch data is left behind
     stack.assert_same(before["stores"], stack.state())
     assert production_files() == before["files"]

@@ -15,6 +15,8 @@ server.
    database and objects and the LangSmith runs read and counted.
 3. **record_drill**: writes the result beside the manifest (`<date>/drill.json`, shown by `ragvault list`),
    pushes it to the Pushgateway (`ragvault_drill_*`), and fails if any component's drill failed.
+4. **clean_scratch** (teardown): empties the scratch servers of the backup's collections, databases and keys,
+   whatever happened before.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from airflow.sdk import DAG
 from ragvault.components import REGISTRY, RESTORE_ORDER
 from ragvault.config import load_settings
 from ragvault.drill import DrillSettings
-from ragvault.operators import DrillComponentOperator, RecordDrillOperator, ResolveBackupOperator
+from ragvault.operators import (
+    CleanScratchOperator,
+    DrillComponentOperator,
+    RecordDrillOperator,
+    ResolveBackupOperator,
+)
 
 settings = load_settings()
 drill = DrillSettings.from_settings(settings)
@@ -50,4 +57,5 @@ with DAG(
               for name in RESTORE_ORDER if name in drill.components}
     record = RecordDrillOperator(task_id="record_drill", resolved=RESOLVED,
                                  drill_tasks={name: task.task_id for name, task in drills.items()})
-    resolve >> list(drills.values()) >> record
+    clean = CleanScratchOperator(task_id="clean_scratch", resolved=RESOLVED)
+    resolve >> list(drills.values()) >> record >> clean.as_teardown(setups=resolve)

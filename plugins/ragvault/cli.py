@@ -185,6 +185,7 @@ def cmd_show(args, repo, settings, out: Console, err: Console) -> int:
 def cmd_verify(args, repo, settings, out: Console, err: Console) -> int:
     from ragvault.catalog import list_backups, verify
     from ragvault.crypto import load_cipher
+    from ragvault.metrics import push_verify
 
     dates = [e["date"] for e in list_backups(repo) if e["complete"]] if args.all else args.dates
     results = []
@@ -195,6 +196,7 @@ def cmd_verify(args, repo, settings, out: Console, err: Console) -> int:
             result = verify(repo, date, sample=args.sample, cipher_loader=lambda: load_cipher(settings),
                             to_read=lambda total, task=task: bar.update(task, total=total),
                             progress=lambda n, task=task: bar.advance(task, n))
+        push_verify(settings, result)
         results.append(result)
         if not args.json:
             verdict = "ok" if result["ok"] else f"{len(result['problems'])} problem(s)"

@@ -170,6 +170,22 @@ def _clean_server(name: str, scratch: Settings, items: list[str]) -> None:
         component.hook().get_conn().flushall()
 
 
+def clean_scratch(settings: Settings, manifest: dict[str, Any], components: list[str]) -> list[str]:
+    """Empty the scratch servers of what a drill of ``manifest`` restores there (the drill's teardown: a drill
+    task killed before its own clean-up leaves nothing behind either). Returns what it cleaned."""
+    drill = DrillSettings.from_settings(settings)
+    cleaned = []
+    for name in components:
+        if name not in SERVERS or name not in manifest["components"]:
+            continue
+        scratch = scratch_settings(settings, drill, name, Path(tempfile.gettempdir()))
+        check_scratch(settings, scratch, name)
+        items = get_component(name)(scratch).restore_items(manifest["components"][name])
+        _clean_server(name, scratch, items)
+        cleaned.append(name)
+    return cleaned
+
+
 def scratch_left(name: str, scratch: Settings, items: list[str]) -> list[str]:
     """What of the drill's data a scratch server still holds (nothing, after a drill)."""
     component = get_component(name)(scratch)

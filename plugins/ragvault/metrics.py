@@ -23,7 +23,12 @@ wrote (``ragvault_backup_last_complete_date_timestamp_seconds``), ``ragvault_buc
 ``ragvault_drill_last_run_timestamp_seconds``, ``ragvault_drill_last_success_timestamp_seconds`` (left as it was
 by a drill that fails), ``ragvault_drill_passed``, ``ragvault_drill_backup_date_timestamp_seconds``, and per
 component ``ragvault_drill_component_passed{component}``, ``ragvault_drill_items{component}``,
-``ragvault_drill_duration_seconds{component}``.
+``ragvault_drill_duration_seconds{component}``; restores (job ``ragvault_restore``, after verify_restore):
+``ragvault_restore_last_run_timestamp_seconds``, ``ragvault_restore_passed``,
+``ragvault_restore_backup_date_timestamp_seconds`` and per component ``ragvault_restore_items_equal{component}``;
+``ragvault verify`` (job ``ragvault_verify``): ``ragvault_verify_last_run_timestamp_seconds``,
+``ragvault_verify_passed``, ``ragvault_verify_artifacts_read``, ``ragvault_verify_bytes_read`` and the date it
+checked (``ragvault_verify_backup_date_timestamp_seconds``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from airflow.sdk import BaseNotifier
 log = logging.getLogger(__name__)
 
 BACKUP_JOB, RETENTION_JOB, DRILL_JOB = "ragvault_backup", "ragvault_retention", "ragvault_drill"
+RESTORE_JOB, VERIFY_JOB = "ragvault_restore", "ragvault_verify"
 BACKUP_DAG = "intelligence_backup"
 
 
@@ -196,6 +202,39 @@ def push_drill(settings, outcome: dict[str, Any], now: float | None = None) -> b
             "ragvault_drill_duration_seconds": ("Time the component's drill took", result["seconds"], {}),
         })
     return pushed
+
+
+def push_restore(settings, date: str, rows: list[dict[str, Any]], passed: bool, now: float | None = None) -> bool:
+    """Push a restore's post-restore verification (``rows`` of ``ragvault.operators.verify_restored``)."""
+    now = time.time() if now is None else now
+    gateway = Pushgateway(settings)
+    pushed = gateway.push(RESTORE_JOB, {}, {
+        "ragvault_restore_last_run_timestamp_seconds": ("When a restore last finished", now, {}),
+        "ragvault_restore_passed": ("1 when the last restore came back equal to its backup, else 0",
+                                    1 if passed else 0, {}),
+        "ragvault_restore_backup_date_timestamp_seconds": ("The backup date the last restore brought back, as "
+                                                           "midnight UTC", _date_seconds(date), {}),
+    })
+    for row in rows:
+        gateway.push(RESTORE_JOB, {"component": row["component"]}, {
+            "ragvault_restore_items_equal": ("Items of the component the last restore brought back equal",
+                                             row["equal"], {}),
+        })
+    return pushed
+
+
+def push_verify(settings, result: dict[str, Any], now: float | None = None) -> bool:
+    """Push a ``ragvault verify`` of one date (``ragvault.catalog.verify``'s result)."""
+    now = time.time() if now is None else now
+    return Pushgateway(settings).push(VERIFY_JOB, {}, {
+        "ragvault_verify_last_run_timestamp_seconds": ("When ragvault verify last checked a backup", now, {}),
+        "ragvault_verify_passed": ("1 when the last ragvault verify found the backup sound, else 0",
+                                   1 if result["ok"] else 0, {}),
+        "ragvault_verify_artifacts_read": ("Artifacts the last verify read back whole", result["read"], {}),
+        "ragvault_verify_bytes_read": ("Bytes the last verify read back", result["read_bytes"], {}),
+        "ragvault_verify_backup_date_timestamp_seconds": ("The backup date the last verify checked, as midnight "
+                                                          "UTC", _date_seconds(result["date"]), {}),
+    })
 
 
 class FailureMetricsNotifier(BaseNotifier):

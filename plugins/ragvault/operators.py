@@ -826,6 +826,9 @@ class VerifyRestoreOperator(_RestoreOperator):
         repo, manifest, components = self.backup(settings)
         rows, problems = verify_restored(repo, manifest, components, settings, self.log)
         self.log.info("post-restore verification\n%s", verification_table(rows))
+        from ragvault.metrics import push_restore
+
+        push_restore(settings, manifest["backup_date"], rows, not problems)
         if problems:
             raise ComponentError("restore", None, "the restored state differs from the backup:\n  "
                                  + "\n  ".join(problems))
@@ -873,6 +876,31 @@ class DrillComponentOperator(_RestoreOperator):
             raise ComponentError(self.component, None, "what the drill restored differs from the backup:\n  "
                                  + "\n  ".join(result["problems"]))
         return result
+
+
+class CleanScratchOperator(_RestoreOperator):
+    """The drill's teardown: empty the scratch servers of what the drill restores there, whatever happened (a
+    drill task killed before its own clean-up leaves nothing behind either).
+
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
+        super().__init__(**kwargs)
+
+    def execute(self, context) -> list[str]:
+        from ragvault.drill import clean_scratch
+
+        if not self.resolved or "date" not in self.resolved:
+            self.log.info("no backup was resolved: nothing was restored into the scratch servers")
+            return []
+        settings = self.settings()
+        _, manifest, components = self.backup(settings)
+        cleaned = clean_scratch(settings, manifest, components)
+        self.log.info("scratch servers emptied of the drill's data: %s", ", ".join(cleaned) or "none")
+        return cleaned
 
 
 class RecordDrillOperator(_RestoreOperator):

@@ -141,9 +141,12 @@ def test_restore_drill_dag_shape(dagbag):
     tasks = dag.task_dict
     assert dag.schedule == "0 4 * * 0" and dag.catchup is False and dag.max_active_runs == 1
     assert dag.is_paused_upon_creation in (None, True)
-    resolve, record = tasks["resolve_backup"], tasks["record_drill"]
+    resolve, record, clean = tasks["resolve_backup"], tasks["record_drill"], tasks["clean_scratch"]
     assert resolve.backup_date == "latest" and not resolve.upstream_task_ids
     drills = [f"drill_{name}" for name in RESTORE_ORDER]
-    assert resolve.downstream_task_ids == set(drills) == record.upstream_task_ids
-    assert record.trigger_rule == TriggerRule.ALL_DONE and not record.downstream_task_ids
+    assert resolve.downstream_task_ids == set(drills) | {"clean_scratch"}
+    assert set(drills) == record.upstream_task_ids
+    assert record.trigger_rule == TriggerRule.ALL_DONE and record.downstream_task_ids == {"clean_scratch"}
+    # the scratch servers are emptied last, whatever happened: a teardown of resolve_backup
+    assert clean.is_teardown and clean.upstream_task_ids == {"record_drill", "resolve_backup"}
     assert record.drill_tasks == {name: f"drill_{name}" for name in RESTORE_ORDER}

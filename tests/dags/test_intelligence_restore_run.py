@@ -121,7 +121,7 @@ def written(states) -> list[str]:
     return [t for t, s in states.items() if ".restore" in t and s not in ("skipped", "upstream_failed", None)]
 
 
-def test_round_trip_of_all_nine_components_onto_clean_servers(airflow, backup, stack):
+def test_round_trip_of_all_nine_components_onto_clean_servers(airflow, backup, stack, restore_bucket):
     date, config, at_backup = backup
     files = state_dir() / "demo-files"
     wipe_everything()
@@ -135,6 +135,11 @@ def test_round_trip_of_all_nine_components_onto_clean_servers(airflow, backup, s
     assert "post-restore verification" in output
     for name in REGISTRY:  # every component's row in the verification table says equal
         assert re.search(rf"^{name} +\d+ +\d+ +yes\b", output, re.MULTILINE), name
+    # and pushed: the restore passed, every component's items equal (through the real Prometheus)
+    bucket = f'bucket="{restore_bucket}"'
+    assert scraped(f"ragvault_restore_passed{{{bucket}}}", bool) == {"": 1.0}
+    equal = scraped(f"ragvault_restore_items_equal{{{bucket}}}", lambda f: set(f) == set(REGISTRY))
+    assert all(value >= 1 for value in equal.values()), equal
     stack.assert_same(at_backup, stack.state())
     # the stack's files are back byte for byte
     demo = REPO / "include" / "demo"
@@ -177,7 +182,7 @@ def test_the_drill_restores_the_newest_backup_into_scratch_and_leaves_the_stack_
     assert proc.returncode == 0, errors(proc)
     run = max(airflow.json_output("dags", "list-runs", DRILL), key=lambda r: r["run_after"])
     states = airflow.task_states(DRILL, run["run_id"])
-    assert set(states.values()) == {"success"} and len(states) == len(REGISTRY) + 2, states
+    assert set(states.values()) == {"success"} and len(states) == len(REGISTRY) + 3, states
     assert f"restore drill of the backup of {date}" in output
     for name in REGISTRY:  # every component's row says ok
         row = rf"^{name} +(scratch server|temporary folder|offline) +\d+ +\d+ +ok\b"

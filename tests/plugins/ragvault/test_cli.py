@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack.state import scraped
 from ragvault.repository import BackupRepository, ItemResult
 
 RAGVAULT = str(Path(sys.executable).with_name("ragvault"))
@@ -144,6 +145,10 @@ def test_verify_rereads_decrypts_records_and_fails_on_a_damaged_artifact(catalog
     assert result["ok"] and result["read"] == result["checked"] == 4  # the encrypted one decrypted too
     listed = {e["date"]: e for e in json.loads(run(config, "list", "--json").stdout)}
     assert listed[D2]["verification"]["result"] == "ok" and listed[D1]["verification"] is None
+    # and pushed to the Pushgateway: read back through the real Prometheus
+    bucket = f'bucket="{catalog_bucket["name"]}"'
+    assert scraped(f"ragvault_verify_passed{{{bucket}}}", bool) == {"": 1.0}
+    assert scraped(f"ragvault_verify_artifacts_read{{{bucket}}}", bool) == {"": 4.0}
 
     # The same number of bytes, other content: a sample that reads it finds it, a lookup sees the new ETag.
     damaged = next(a for a in repo.read_manifest(D1)["artifacts"] if a["key"].endswith("dump.rdb.zst"))
@@ -155,6 +160,7 @@ def test_verify_rereads_decrypts_records_and_fails_on_a_damaged_artifact(catalog
         assert damaged["key"] in done.stdout and "problem" in done.stdout
     listed = {e["date"]: e for e in json.loads(run(config, "list", "--json").stdout)}
     assert listed[D1]["verification"]["result"] == "failed"
+    assert scraped(f"ragvault_verify_passed{{{bucket}}}", lambda f: f == {"": 0.0})
 
     every = run(config, "verify", "--all", "--json")
     assert every.returncode == 1

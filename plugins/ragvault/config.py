@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
             "exclude_collections": ["*.system.*"],
             "interval_collections": {},
             "mongodump_path": None,
+            "read_preference": None,
         },
         "redis": {"enabled": True, "aof_dir": None, "restore_method": "auto", "replication_advertise_host": None,
                   "replication_listen_host": None, "replication_accept_seconds": 15},

@@ -33,6 +33,18 @@ dump is in the server's natural order), and the log says so. Documents whose fie
 datetime (a string, a number...) are in no interval and therefore never exported: they are counted with
 one count query and the log warns when there are any.
 
+Replica sets
+------------
+``read_preference`` (``primary``, ``primaryPreferred``, ``secondary``, ``secondaryPreferred``, ``nearest``;
+null: the connection's) is the read preference of every read of the dump: ``secondaryPreferred`` reads a replica
+set's secondary, as ``mongodump --readPreference`` does, and spares the primary. Each database's details record
+``replication``: the topology (``replica set <name>`` with its hosts, or ``standalone``), the read preference, and,
+on a replica set, the newest oplog entry's timestamp read just before the dump (``oplog_start``) and just after it
+(``oplog_end``): the dump holds every write up to ``oplog_start`` and possibly some up to ``oplog_end`` (like a
+mongodump without ``--oplog``; with ingestion paused the two are equal and the dump is a consistent point in
+time). A standalone server has no oplog: its dump is consistent only while ingestion is paused, which the backup
+DAG does.
+
 The item's details say, per collection, ``"kind": "state"`` (with ``documents`` and ``indexes``) or
 ``"kind": "interval"`` (with ``field``, ``window`` ``{start, end, source}``, ``documents``, ``indexes``
 and ``undated``, the documents without a datetime field). The counts add ``interval_collections``.
@@ -202,6 +214,10 @@ class MongoComponent(Component):
                 ctx.log.info("mongodb %s: interval mode, only its %d interval collection(s) are backed up; its %d "
                              "ordinary collection(s) are not read (the state of a past day cannot be captured)%s",
                              db_name, len(kinds), len(ordinary), f": {', '.join(ordinary)}" if ordinary else "")
+            preference = self._read_preference()
+            if preference is not None:
+                database = client.get_database(db_name, read_preference=preference)
+            replication = self._replication(client, preference)
             window = ctx.window() if any(field for _, field in kinds) else None
             ctx.log.info("mongodb %s: database %s, %d collections (%d interval)", version, db_name, len(kinds),
                          sum(1 for _, field in kinds if field))
@@ -216,6 +232,12 @@ class MongoComponent(Component):
                     interval=(field, window) if field is not None else None)
                 artifacts += coll_artifacts
                 details[spec["name"]] = counts
+            if replication.get("oplog_start") is not None:
+                replication["oplog_end"] = _oplog_position(client)
+            ctx.log.info("mongodb %s: %s, read preference %s%s", db_name, replication["topology"],
+                         replication["read_preference"],
+                         f", oplog {replication['oplog_start']} .. {replication['oplog_end']}"
+                         if replication.get("oplog_start") else "")
         return ctx.result(
             db_name,
             captured_at=captured_at,
@@ -228,8 +250,36 @@ class MongoComponent(Component):
                 "indexes": sum(c["indexes"] for c in details.values()),
             },
             artifacts=artifacts,
-            details={"collections": details},
+            details={"collections": details, "replication": replication},
         )
+
+    def _read_preference(self):
+        """The ``read_preference`` setting as pymongo's, or None (the connection's own)."""
+        from pymongo.read_preferences import ReadPreference
+
+        name = self.config.get("read_preference")
+        if not name:
+            return None
+        modes = {"primary": ReadPreference.PRIMARY, "primarypreferred": ReadPreference.PRIMARY_PREFERRED,
+                 "secondary": ReadPreference.SECONDARY, "secondarypreferred": ReadPreference.SECONDARY_PREFERRED,
+                 "nearest": ReadPreference.NEAREST}
+        try:
+            return modes[str(name).replace("_", "").lower()]
+        except KeyError:
+            raise ComponentError(self.name, None, f"components.mongodb.read_preference is {name!r}: expected "
+                                 "primary, primaryPreferred, secondary, secondaryPreferred or nearest") from None
+
+    @staticmethod
+    def _replication(client, preference) -> dict[str, Any]:
+        """Where the dump reads from: the topology, the read preference, and on a replica set the oplog's
+        newest entry before the dump."""
+        hello = client.admin.command("hello")
+        name = (preference if preference is not None else client.read_preference).mongos_mode
+        if not hello.get("setName"):
+            return {"topology": "standalone", "read_preference": name, "oplog_start": None, "oplog_end": None}
+        return {"topology": f"replica set {hello['setName']}", "hosts": list(hello.get("hosts") or []),
+                "primary": hello.get("primary"), "read_preference": name,
+                "oplog_start": _oplog_position(client), "oplog_end": None}
 
     def _collection(self, ctx: BackupContext, database, spec: dict[str, Any], native_dump: bool,
                     interval: tuple[str, tuple[datetime, datetime, str]] | None = None):
@@ -543,6 +593,14 @@ def iter_bson(chunks) -> Iterator[bytes]:
             del buffer[:length]
     if buffer:
         raise ValueError(f"BSON stream ends inside a document ({len(buffer)} bytes left)")
+
+
+def _oplog_position(client) -> dict[str, int] | None:
+    """The newest oplog entry's timestamp ``{"t": seconds, "i": increment}`` (None when it cannot be read)."""
+    entry = client.local["oplog.rs"].find_one({}, {"ts": 1}, sort=[("$natural", -1)])
+    if entry is None or "ts" not in entry:
+        return None
+    return {"t": entry["ts"].time, "i": entry["ts"].inc}
 
 
 def _dump_batches(ctx: RestoreContext, item: str, name: str) -> Iterator[list[RawBSONDocument]]:

@@ -82,6 +82,35 @@ def test_collection_filters(settings, seeded_mongo, mongo_client, context):
     assert not any("/chunks." in a.key for a in result.artifacts)
 
 
+def test_read_preference_and_the_replication_position_are_recorded(settings, seeded_mongo, context):
+    """``read_preference`` is the dump's (secondaryPreferred reads a replica set's secondary); each database's
+    details say where the dump stands. The local server (FerretDB) is a standalone server: no replica set and
+    no oplog, so the oplog positions are null there (against a replica set, through the environment's
+    connection, they are the oplog's newest timestamps before and after the dump)."""
+    from ragvault.components.base import ComponentError
+
+    component = MongoComponent(settings)
+    component.config = {**component.config, "read_preference": "secondaryPreferred"}
+    result = component.backup(context("mongodb"), "rag_app")
+    replication = result.details["replication"]
+    assert replication["read_preference"] == "secondaryPreferred"
+    if replication["topology"] == "standalone":
+        assert replication == {"topology": "standalone", "read_preference": "secondaryPreferred",
+                               "oplog_start": None, "oplog_end": None}
+    else:
+        assert replication["topology"].startswith("replica set ") and replication["hosts"]
+        start, end = replication["oplog_start"], replication["oplog_end"]
+        assert (start["t"], start["i"]) <= (end["t"], end["i"])
+    assert result.counts["documents"] == sum(v for k, v in seeded_mongo.items() if k.startswith("rag_app."))
+    # without the setting, the connection's own preference (primary) is recorded
+    plain = MongoComponent(settings).backup(context("mongodb"), "rag_logs")
+    assert plain.details["replication"]["read_preference"] == "primary"
+
+    component.config = {**component.config, "read_preference": "fastest"}
+    with pytest.raises(ComponentError, match="read_preference is 'fastest': expected primary, primaryPreferred"):
+        component.backup(context("mongodb"), "rag_app")
+
+
 # -- restore ----------------------------------------------------------------------------------------------
 
 

@@ -827,7 +827,7 @@ def test_a_damaged_database_is_refused_before_it_replaces_the_old_one(
 
 
 def test_json_arrays_are_read_item_by_item_across_chunk_boundaries(grafana):
-    from ragvault.components.grafana import _json_items
+    from ragvault.components.grafana.common import _json_items
 
     folders = grafana.get("/api/folders")
     text = json.dumps(folders, indent=1, ensure_ascii=False).encode()

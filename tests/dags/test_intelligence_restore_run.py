@@ -322,7 +322,8 @@ def test_every_object_of_the_backup_is_locked_and_none_holds_plaintext(backup, s
     assert len(texts) > 50
     listed = s3_client.list_objects_v2(Bucket=restore_bucket, Prefix=f"{date}/")["Contents"]
     others = {o["Key"] for o in listed} - {a["key"] for a in manifest["artifacts"]}
-    assert others <= {f"{date}/manifest.json", f"{date}/verification.json"}, others  # nothing else
+    # nothing else: the manifest, and the results of a verification and of a restore drill beside it
+    assert others <= {f"{date}/manifest.json", f"{date}/verification.json", f"{date}/drill.json"}, others
     for artifact in manifest["artifacts"]:
         assert (artifact["encryption"], artifact["key_fingerprint"]) == (SCHEME, key), artifact["key"]
         assert artifact.get("raw_sha256") is None and artifact.get("content_mac"), artifact["key"]

@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_json(out: Console, data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    """JSON on the console's stream as it is: no rich markup, no wrapping."""
+    out.file.write(json.dumps(data, indent=2, default=str) + "\n")
+    out.file.flush()
 
 
 def cmd_list(args, repo, settings, out: Console, err: Console) -> int:

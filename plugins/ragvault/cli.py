@@ -192,8 +192,9 @@ def cmd_verify(args, repo, settings, out: Console, err: Console) -> int:
     dates = [e["date"] for e in list_backups(repo) if e["complete"]] if args.all else args.dates
     results = []
     for date in dates:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                      TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+                      disable=not err.is_terminal) as bar:
             task = bar.add_task(f"verify {date}", total=None)
             result = verify(repo, date, sample=args.sample, cipher_loader=lambda: load_cipher(settings),
                             to_read=lambda total, task=task: bar.update(task, total=total),

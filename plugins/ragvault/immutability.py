@@ -148,7 +148,12 @@ def extend(repo: BackupRepository, date: str, lock: ObjectLock, until: dt.dateti
 
 def is_versioned(repo: BackupRepository) -> bool:
     """Whether the bucket keeps versions (object lock turns versioning on)."""
-    answer = repo.client.get_bucket_versioning(Bucket=repo.bucket)
+    try:
+        answer = repo.client.get_bucket_versioning(Bucket=repo.bucket)
+    except repo.client.exceptions.ClientError as exc:  # a key without s3:GetBucketVersioning
+        log.warning("bucket %s: its versioning cannot be read (%s): removals delete current versions only",
+                    repo.bucket, exc.response.get("Error", {}).get("Code"))
+        return False
     return answer.get("Status") in ("Enabled", "Suspended")
 
 

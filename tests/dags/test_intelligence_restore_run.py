@@ -280,7 +280,7 @@ def test_a_drill_names_the_item_and_the_difference_when_a_scratch_target_differs
 
 def test_a_drill_refuses_a_scratch_connection_that_reaches_production(backup, s3_client, restore_bucket, stack):
     from ragvault.config import Settings, load_settings
-    from ragvault.drill import DrillError, DrillSettings, drill_component
+    from ragvault.drill import DrillError, DrillSettings, clean_scratch, drill_component
     from ragvault.repository import BackupRepository
 
     date, config, _ = backup
@@ -297,6 +297,8 @@ def test_a_drill_refuses_a_scratch_connection_that_reaches_production(backup, s3
         repo = BackupRepository(s3_client, restore_bucket)
         with pytest.raises(DrillError, match="'redis_lookalike' reaches redis://localhost:.*the production server"):
             drill_component(repo, repo.read_manifest(date), "redis", settings, DrillSettings.from_settings(settings))
+        # the drill's teardown does not empty it either
+        assert clean_scratch(settings, repo.read_manifest(date), ["redis"]) == []
         stack.assert_same(before, stack.state())
     finally:
         del os.environ["AIRFLOW_CONN_REDIS_LOOKALIKE"]

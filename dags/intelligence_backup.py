@@ -64,15 +64,17 @@ with DAG(
         if not settings.enabled(name):
             continue
         with TaskGroup(group_id=name, tooltip=component.title) as group:
+            where = settings.task_args(name)  # the component's queue, if its settings name one
             if component.item_noun:
-                items = ListItemsOperator(task_id=f"list_{component.item_noun}s", component=name)
+                items = ListItemsOperator(task_id=f"list_{component.item_noun}s", component=name, **where)
                 backup = BackupComponentOperator.partial(
                     task_id=f"backup_{component.item_noun}",
                     component=name,
                     map_index_template="{{ task.item }}",
+                    **where,
                 ).expand(item=items.output)
             else:
-                backup = BackupComponentOperator(task_id="backup", component=name)
+                backup = BackupComponentOperator(task_id="backup", component=name, **where)
         groups.append(group)
         results_from[name] = backup.task_id
 

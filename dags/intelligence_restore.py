@@ -86,15 +86,16 @@ with DAG(
     for name in RESTORE_ORDER:
         component = REGISTRY[name]
         with TaskGroup(group_id=name, tooltip=component.title) as group:
+            where = settings.task_args(name)  # the component's queue, if its settings name one
             if component.item_noun:
                 items = ListRestoreItemsOperator(task_id=f"list_{component.item_noun}s", component=name,
-                                                 resolved=RESOLVED)
+                                                 resolved=RESOLVED, **where)
                 RestoreComponentOperator.partial(
                     task_id=f"restore_{component.item_noun}", component=name, resolved=RESOLVED,
-                    map_index_template="{{ task.item }}",
+                    map_index_template="{{ task.item }}", **where,
                 ).expand(item=items.output)
             else:
-                RestoreComponentOperator(task_id="restore", component=name, resolved=RESOLVED)
+                RestoreComponentOperator(task_id="restore", component=name, resolved=RESOLVED, **where)
         steps.append(group)
 
     check = VerifyRestoreOperator(task_id="verify_restore", resolved=RESOLVED)

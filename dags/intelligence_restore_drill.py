@@ -53,7 +53,8 @@ with DAG(
     resolve = ResolveBackupOperator(task_id="resolve_backup", backup_date="latest",
                                     components=list(drill.components), dry_run=False, confirm=None)
     drills = {name: DrillComponentOperator(task_id=f"drill_{name}", component=name, resolved=RESOLVED,
-                                           doc_md=f"Restore drill of {REGISTRY[name].title}")
+                                           doc_md=f"Restore drill of {REGISTRY[name].title}",
+                                           **settings.task_args(name))
               for name in RESTORE_ORDER if name in drill.components}
     record = RecordDrillOperator(task_id="record_drill", resolved=RESOLVED,
                                  drill_tasks={name: task.task_id for name, task in drills.items()})

@@ -55,3 +55,10 @@ def airflow_env(home: Path, port: int, *, username: str, password: str, dags_fol
         "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")]),
         **(extra or {}),
     }
+
+
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of the test deployments: ``$RAGVAULT_WORKER_NAME`` where it is set (each
+    Celery worker of one machine names itself, so that a task instance's ``hostname`` tells which worker ran
+    it), else Airflow's default, the machine's FQDN."""
+    return os.environ.get("RAGVAULT_WORKER_NAME") or socket.getfqdn()

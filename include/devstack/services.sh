@@ -19,7 +19,8 @@
 #   RAGVAULT_DEVSTACK_TIMEOUT    seconds to wait for each service to answer; default 60
 #   RAGVAULT_SERVICES_ENV_FILE   where `env` writes; default <repo>/.services.env
 #   RAGVAULT_EXTERNAL_<NAME>=1   do not start NAME (MINIO REDIS MONGO QDRANT PROMETHEUS
-#                                PUSHGATEWAY GRAFANA LANGSMITH): a real server is used instead
+#                                PUSHGATEWAY GRAFANA LANGSMITH POSTGRES AIRFLOW_BROKER): a real
+#                                server is used instead
 #   RAGVAULT_PORT_<NAME>         another port for NAME (also MINIO_CONSOLE, FERRETDB_DEBUG),
 #                                e.g. for a second stack; the defaults are the project's conventions
 #
@@ -47,6 +48,8 @@ REDIS_PASSWORD=ragvault-redis-secret
 QDRANT_API_KEY=ragvault-qdrant-key
 GRAFANA_TOKEN=ragvault-grafana-dev-token
 LANGSMITH_API_KEY=ragvault-langsmith-dev-key
+POSTGRES_USER=ragvault
+POSTGRES_PASSWORD=ragvault-postgres-secret
 AIRFLOW_API_PORT=18080
 FERRETDB_DEBUG_PORT=${RAGVAULT_PORT_FERRETDB_DEBUG:-18088}
 FERRETDB_DRILL_DEBUG_PORT=${RAGVAULT_PORT_FERRETDB_DRILL_DEBUG:-18089}
@@ -57,19 +60,24 @@ FERRETDB_MODULE=github.com/FerretDB/FerretDB
 FERRETDB_VERSION=v1.24.2
 
 # chromium: the browser the UI tests drive (Playwright with executable_path; Playwright cannot download its own)
-APT_PACKAGES=(redis-server redis-tools prometheus prometheus-pushgateway curl chromium)
+# postgresql: the metadata database of a distributed Airflow (the CeleryExecutor tests)
+APT_PACKAGES=(redis-server redis-tools prometheus prometheus-pushgateway curl chromium postgresql)
 # System services that the Debian packages enable; this stack runs its own instances.
-SYSTEM_SERVICES=(redis-server prometheus prometheus-pushgateway prometheus-node-exporter)
+SYSTEM_SERVICES=(redis-server prometheus prometheus-pushgateway prometheus-node-exporter postgresql)
 
 # Start order matters only for readability of the output: Prometheus scrapes the
 # Pushgateway, so the Pushgateway comes first.
 # The *_drill services are the restore drill's scratch servers (intelligence_restore_drill): separate instances,
 # so a drill can never touch the stack's data.
-SERVICES=(minio redis mongo qdrant pushgateway prometheus grafana langsmith redis_drill mongo_drill qdrant_drill)
+# postgres and airflow_broker are not the stack's: they are what a distributed Airflow runs on (its metadata
+# database and the Celery broker), for the tests that run the DAGs on the CeleryExecutor with separate workers.
+SERVICES=(minio redis mongo qdrant pushgateway prometheus grafana langsmith redis_drill mongo_drill qdrant_drill
+    postgres airflow_broker)
 declare -A PORT=(
     [minio]=19000 [redis]=16379 [mongo]=27117 [qdrant]=16333
     [pushgateway]=19091 [prometheus]=19090 [grafana]=13000 [langsmith]=11984
     [redis_drill]=16380 [mongo_drill]=27118 [qdrant_drill]=16334
+    [postgres]=15432 [airflow_broker]=16381
 )
 for _name in "${SERVICES[@]}"; do
     _var=RAGVAULT_PORT_${_name^^}
@@ -177,7 +185,7 @@ spawn() {
 
 # ---------------------------------------------------------------------------
 # Services: svc_<name>_check (can it start? prints why not), _start, _ready (one
-# probe), _post (after it answers), _optional (absence is not an error).
+# probe), _post (after it answers), _optional (absence is not an error), _stop_signal (TERM if absent).
 # ---------------------------------------------------------------------------
 
 require_binary() {
@@ -269,6 +277,84 @@ svc_redis_ready() { redis_ready redis; }
 svc_redis_drill_check() { svc_redis_check; }
 svc_redis_drill_start() { redis_start redis_drill; }
 svc_redis_drill_ready() { redis_ready redis_drill; }
+svc_airflow_broker_check() { svc_redis_check; }
+svc_airflow_broker_start() { redis_start airflow_broker; }
+svc_airflow_broker_ready() { redis_ready airflow_broker; }
+
+# PostgreSQL: a cluster of its own in the state dir (initdb once), TCP on loopback only, no Unix socket, one
+# superuser with a password. PostgreSQL refuses to run as root: as root, it runs as the `postgres` user of
+# Debian's package (setpriv execs, so the recorded pid is the server's own).
+postgres_bin() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [[ -n $dir ]] && printf '%s' "$dir"
+}
+as_postgres() {
+    if [[ $(id -u) -eq 0 ]]; then
+        setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+    else
+        "$@"
+    fi
+}
+svc_postgres_check() {
+    local bin
+    bin=$(postgres_bin) || true
+    [[ -n $bin ]] || {
+        printf "PostgreSQL not found under /usr/lib/postgresql: run '%s install' first" "$0"
+        return 1
+    }
+    require_binary "$bin/postgres"
+}
+svc_postgres_start() {
+    local bin data pwfile
+    bin=$(postgres_bin)
+    data=$(svc_data postgres)
+    mkdir -p "$data"
+    if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$data"; fi
+    chmod 700 "$data"
+    if [[ ! -f $data/PG_VERSION ]]; then
+        pwfile=$(svc_dir postgres)/pwfile
+        (umask 077 && printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile")
+        if [[ $(id -u) -eq 0 ]]; then chown postgres "$pwfile"; fi
+        as_postgres "$bin/initdb" -D "$data" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth=scram-sha-256 \
+            --encoding=UTF8 --locale=C >>"$(svc_log postgres)" 2>&1 || {
+            rm -f "$pwfile"
+            warn "postgres: initdb failed; see $(svc_log postgres)"
+            return 1
+        }
+        rm -f "$pwfile"
+    fi
+    local server=("$bin/postgres" -D "$data" -p "${PORT[postgres]}" -c listen_addresses="$HOST"
+        -c unix_socket_directories= -c max_connections=200)
+    if [[ $(id -u) -eq 0 ]]; then
+        spawn postgres setpriv --reuid=postgres --regid=postgres --init-groups -- "${server[@]}"
+    else
+        spawn postgres "${server[@]}"
+    fi
+}
+# SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to leave; SIGINT ("fast") does not.
+svc_postgres_stop_signal() { printf INT; }
+svc_postgres_ready() { pg_isready -q -h "$HOST" -p "${PORT[postgres]}" -t 2 2>/dev/null; }
+svc_postgres_post() {
+    # the metadata database of a distributed Airflow (docker-compose.yaml's shape), made once
+    PGPASSWORD=$POSTGRES_PASSWORD "$VENV_BIN/python" - "$HOST" "${PORT[postgres]}" "$POSTGRES_USER" <<'EOF'
+import os
+import sys
+
+import psycopg2
+
+host, port, user = sys.argv[1:4]
+connection = psycopg2.connect(host=host, port=int(port), user=user, password=os.environ["PGPASSWORD"],
+                              dbname="postgres")
+connection.autocommit = True
+with connection.cursor() as cursor:
+    cursor.execute("SELECT 1 FROM pg_database WHERE datname = 'airflow'")
+    if cursor.fetchone() is None:
+        cursor.execute("CREATE DATABASE airflow")
+        print("[devstack] postgres: created database airflow")
+connection.close()
+EOF
+}
 
 # FerretDB (MongoDB wire protocol) on SQLite.
 svc_mongo_check() { require_binary "$BIN_DIR/ferretdb"; }
@@ -642,14 +728,15 @@ cmd_up() {
 }
 
 stop_service() {
-    local name=$1 pid pidfile deadline
+    local name=$1 pid pidfile deadline signal
     pidfile=$(svc_pidfile "$name")
     if ! pid=$(svc_pid "$name"); then
         [[ -f $pidfile ]] && rm -f "$pidfile"
         return 0
     fi
     info "$name: stopping (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
+    signal=$(svc_hook "$name" stop_signal)
+    kill -"${signal:-TERM}" "$pid" 2>/dev/null || true
     deadline=$((SECONDS + STOP_TIMEOUT))
     while pid_alive "$pid" && ((SECONDS < deadline)); do
         sleep 0.5
@@ -692,7 +779,7 @@ cmd_status() {
             state=down
         fi
         [[ $state == up || $state == starting ]] || pid=-
-        printf '%-12s %-9s port %-6s pid %s\n' "$name" "$state" "$(svc_port "$name")" "$pid"
+        printf '%-14s %-9s port %-6s pid %s\n' "$name" "$state" "$(svc_port "$name")" "$pid"
     done
 }
 
@@ -796,6 +883,11 @@ cmd_env() {
             "{\"conn_type\":\"http\",\"host\":\"$h\",\"port\":${PORT[grafana]},\"schema\":\"http\",\"password\":\"$GRAFANA_TOKEN\"}"
         env_default AIRFLOW_CONN_LANGSMITH_DEFAULT \
             "{\"conn_type\":\"http\",\"host\":\"$h\",\"port\":${PORT[langsmith]},\"schema\":\"http\",\"password\":\"$LANGSMITH_API_KEY\"}"
+        # a distributed Airflow's metadata database server (superuser URL: tests make a database each) and
+        # Celery broker
+        env_default RAGVAULT_POSTGRES_URL \
+            "postgresql://$POSTGRES_USER:$POSTGRES_PASSWORD@$h:${PORT[postgres]}/postgres"
+        env_default RAGVAULT_CELERY_BROKER_URL "redis://:$REDIS_PASSWORD@$h:${PORT[airflow_broker]}/0"
         env_default AIRFLOW_CONN_AIRFLOW_API \
             "{\"conn_type\":\"http\",\"host\":\"$h\",\"port\":$AIRFLOW_API_PORT,\"schema\":\"http\",\"login\":\"admin\",\"password\":\"admin\"}"
     } >"$tmp"

@@ -28,8 +28,8 @@ def wipe_data_stores() -> None:
 
 
 def seed_everything(backup_date: str) -> dict[str, dict[str, int]]:
-    """Seed the nine components' servers; LangSmith runs fall on the day before ``backup_date`` (the data
-    interval of that date's backup). Returns the counts of each."""
+    """Seed the nine components' servers (Grafana wiped first); LangSmith runs fall on the day before
+    ``backup_date`` (the data interval of that date's backup). Returns the counts of each."""
     c = clients()
     seed.wipe_qdrant(c["qdrant"])
     seed.wipe_mongo(c["mongo"])
@@ -39,6 +39,7 @@ def seed_everything(backup_date: str) -> dict[str, dict[str, int]]:
         "mongodb": seed.seed_mongo(c["mongo"]),
         "redis": seed.seed_redis(c["redis"]),
     }
+    wipe_grafana()  # what an earlier run left (the demo's dashboard...) is not the seed's: the counts stay exact
     url, token, basic = seed_grafana.connection_from_env()
     counts["grafana"] = seed_grafana.seed_grafana(url, token, basic_auth=basic)
     day = dt.date.fromisoformat(backup_date) - dt.timedelta(days=1)

@@ -166,6 +166,17 @@ class Settings:
     def enabled(self, name: str) -> bool:
         return bool(self.component(name).get("enabled", True))
 
+    def task_args(self, name: str) -> dict[str, Any]:
+        """What every task of component ``name`` is made with in the DAGs: ``queue`` when the component's
+        settings name one (``components.<name>.queue``: the Celery queue of the workers that can reach its
+        files or servers), else nothing (Airflow's default queue)."""
+        queue = self.component(name).get("queue")
+        if queue is None:
+            return {}
+        if not isinstance(queue, str) or not queue.strip():
+            raise ConfigError(f"{self.source}: components.{name}.queue must be a queue name, not {queue!r}")
+        return {"queue": queue.strip()}
+
     @property
     def transfer(self) -> dict[str, int]:
         """``part_size_mib`` (5 or more) and ``concurrency`` (parts in flight per artifact, 1 or more)."""

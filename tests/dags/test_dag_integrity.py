@@ -150,3 +150,40 @@ def test_restore_drill_dag_shape(dagbag):
     # the scratch servers are emptied last, whatever happened: a teardown of resolve_backup
     assert clean.is_teardown and clean.upstream_task_ids == {"record_drill", "resolve_backup"}
     assert record.drill_tasks == {name: f"drill_{name}" for name in RESTORE_ORDER}
+
+
+def test_a_components_queue_reaches_every_task_of_it_in_the_three_dags(tmp_path, monkeypatch):
+    """``components.<name>.queue`` puts the component's tasks (and only them) on that Celery queue: in the
+    backup, the restore and the drill."""
+    import yaml
+
+    config = tmp_path / "ragvault.yaml"
+    config.write_text(yaml.safe_dump({"components": {"infra": {"queue": "files-host"},
+                                                     "qdrant": {"queue": " vectors "}},
+                                      "drill": {"components": ["qdrant", "infra", "redis"]}}))
+    monkeypatch.setenv("RAGVAULT_CONFIG", str(config))
+    bag = DagBag(str(DAGS))
+    assert bag.import_errors == {}
+    expected = {"infra": "files-host", "qdrant": "vectors"}
+    for dag_id in ("intelligence_backup", "intelligence_restore", "intelligence_restore_drill"):
+        dag = bag.dags[dag_id]
+        queues = {}
+        for task in dag.tasks:
+            component = task.task_id.split(".")[0].removeprefix("drill_")
+            queues.setdefault(component if component in REGISTRY else "(other)", set()).add(task.queue)
+        default = queues.pop("(other)")
+        assert len(default) == 1 and default.isdisjoint(expected.values()), (dag_id, default)
+        for name, found in queues.items():
+            assert found == {expected.get(name, *default)}, (dag_id, name, found)
+        assert set(expected) <= set(queues), (dag_id, sorted(queues))
+
+
+def test_a_queue_that_is_not_a_name_is_refused(tmp_path):
+    import yaml
+
+    from ragvault.config import ConfigError, load_settings
+
+    config = tmp_path / "ragvault.yaml"
+    config.write_text(yaml.safe_dump({"components": {"infra": {"queue": ["a", "b"]}}}))
+    with pytest.raises(ConfigError, match=r"components\.infra\.queue must be a queue name"):
+        load_settings(config).task_args("infra")

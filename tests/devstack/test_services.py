@@ -131,6 +131,43 @@ def test_mongo_insert_and_find():
 
 
 @needs_servers
+def test_postgres_holds_airflows_database_and_listens_on_loopback_only():
+    """The metadata database server of a distributed Airflow: a password is needed, the `airflow` database
+    exists, and the server listens on 127.0.0.1 (it never runs as root)."""
+    from urllib.parse import urlsplit
+
+    import psycopg2
+
+    url = os.environ["RAGVAULT_POSTGRES_URL"]
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(urlsplit(url)._replace(netloc=f"ragvault:wrong@{urlsplit(url).hostname}:"
+                                                       f"{urlsplit(url).port}").geturl(), connect_timeout=5)
+    connection = psycopg2.connect(url, connect_timeout=5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_database")
+            assert "airflow" in {row[0] for row in cursor.fetchall()}
+            cursor.execute("SHOW listen_addresses")
+            assert cursor.fetchone()[0] == "127.0.0.1"
+            cursor.execute("SELECT current_setting('data_directory')")
+            data_dir = cursor.fetchone()[0]
+    finally:
+        connection.close()
+    assert os.stat(data_dir).st_uid != 0
+
+
+@needs_servers
+def test_the_celery_broker_is_a_redis_of_its_own():
+    import redis
+
+    url = os.environ["RAGVAULT_CELERY_BROKER_URL"]
+    with redis.Redis.from_url(url, socket_timeout=5) as broker:
+        assert broker.ping()
+        port = broker.connection_pool.connection_kwargs["port"]
+    assert port != conn("redis_default")["port"]
+
+
+@needs_servers
 def test_s3_put_and_get_object():
     import boto3
     from botocore.config import Config
@@ -399,7 +436,8 @@ def test_status_lists_every_service(tmp_path):
     ).stdout.splitlines()
     names = [line.split()[0] for line in out]
     assert names == ["minio", "redis", "mongo", "qdrant", "pushgateway", "prometheus", "grafana", "langsmith",
-                     "redis_drill", "mongo_drill", "qdrant_drill"]  # the restore drill's scratch servers
+                     "redis_drill", "mongo_drill", "qdrant_drill",  # the restore drill's scratch servers
+                     "postgres", "airflow_broker"]  # a distributed Airflow's metadata database and broker
     # Nothing was started from this empty state dir, so no line can claim a pid.
     assert all(line.split()[1] in {"down", "absent", "foreign", "external"} for line in out)
     assert all(line.endswith("pid -") for line in out)

@@ -260,12 +260,26 @@ def _all_healthy(api: AirflowApi) -> bool:
                                 for name in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
 
+@dataclass(frozen=True)
+class Worker:
+    """One more process of a deployment (a Celery worker): its ``airflow`` arguments, what its environment
+    changes, its working folder, and a line of its log that says it is ready."""
+
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path
+    ready_line: str
+
+
 @contextmanager
-def running_airflow(home: Path, dag_ids: Iterable[str], extra_env: dict[str, str]) -> Iterator[AirflowDeployment]:
-    """A migrated Airflow with its four servers up and ``dag_ids`` parsed, until the block ends."""
+def running_airflow(home: Path, dag_ids: Iterable[str], extra_env: dict[str, str],
+                    workers: dict[str, Worker] | None = None) -> Iterator[AirflowDeployment]:
+    """A migrated Airflow with its four servers up, its ``workers`` ready (none for the LocalExecutor) and
+    ``dag_ids`` parsed, until the block ends."""
     port = free_port()
     env = airflow_env(home, port, username=USERNAME, password=PASSWORD, extra=extra_env)
     deployment = AirflowDeployment(home, env, AirflowApi(f"http://127.0.0.1:{port}"))
+    workers = workers or {}
     deployment.api.diagnostics = lambda: deployment.log_tails(("scheduler",))
 
     migrate = deployment.cli("db", "migrate", timeout=MIGRATE_TIMEOUT)
@@ -285,6 +299,14 @@ def running_airflow(home: Path, dag_ids: Iterable[str], extra_env: dict[str, str
                 processes[name] = subprocess.Popen([AIRFLOW, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                                    stdin=subprocess.DEVNULL, start_new_session=True)
             stack.callback(stop_process_group, processes[name])
+        for name, worker in workers.items():
+            log = deployment.logs[name] = home / f"{name}.log"
+            worker.cwd.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as out:
+                processes[name] = subprocess.Popen([AIRFLOW, *worker.args], env={**env, **worker.env},
+                                                   cwd=worker.cwd, stdout=out, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL, start_new_session=True)
+            stack.callback(stop_process_group, processes[name])
 
         def alive_and(condition: Callable[[], Any]) -> Callable[[], Any]:
             def check():
@@ -298,6 +320,12 @@ def running_airflow(home: Path, dag_ids: Iterable[str], extra_env: dict[str, str
                    f"Airflow's servers (API on port {port}) to report healthy",
                    diagnostics=lambda: f"{deployment.api.health()}\n{deployment.log_tails()}")
         deployment.api.login()
+        for name, worker in workers.items():
+            def ready(n=name, w=worker) -> bool:
+                return w.ready_line in deployment.logs[n].read_text(errors="replace")
+
+            wait_until(alive_and(ready), START_TIMEOUT, f"{name} to be ready ({worker.ready_line!r} in its log)",
+                       diagnostics=lambda: deployment.log_tails(workers))
 
         def parsed() -> bool:
             errors = deployment.api.get("/importErrors")["import_errors"]

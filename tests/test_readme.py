@@ -35,6 +35,7 @@ RUN_BY = {
     ".venv/bin/ragvault show 2025-09-22": "tests/test_readme.py",
     ".venv/bin/ragvault verify 2025-09-22 --sample 0.5": "tests/test_readme.py",
     ".venv/bin/ragvault prune --dry-run": "tests/test_readme.py",
+    "airflow celery worker --queues default,ragvault-files": "tests/e2e/test_celery.py",
 }
 
 
@@ -130,6 +131,9 @@ def test_every_settings_example_is_made_of_real_settings(tmp_path):
             assert key in DEFAULTS, (key, block)
             if isinstance(value, dict):
                 assert set(value) <= set(DEFAULTS[key]), (key, set(value) - set(DEFAULTS[key]))
+                for name, section in value.items():  # components.<name>.<setting>, drill.connections.<name>
+                    if isinstance(section, dict) and isinstance(DEFAULTS[key][name], dict):
+                        assert set(section) <= set(DEFAULTS[key][name]), (key, name, section)
         path = tmp_path / "ragvault.yaml"
         path.write_text(yaml.safe_dump({"retention": {"enabled": True}, **fragment}))
         settings = load_settings(path)

@@ -118,6 +118,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Every component may name the Celery queue of its tasks (``Settings.task_args``): the workers that reach its files
+for _section in DEFAULTS["components"].values():
+    _section["queue"] = None
+
+
 class ConfigError(ValueError):
     """The configuration file is missing, unreadable or holds a wrong value."""
 

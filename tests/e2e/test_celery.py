@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +43,9 @@ BACKUP_DAG, RESTORE_DAG = "intelligence_backup", "intelligence_restore"
 WORKERS = ("ragvault-worker-a", "ragvault-worker-b")
 # the file components go to a queue of their own, which only worker b serves (the machine with the files)
 FILES_QUEUE, FILE_COMPONENTS, FILES_WORKER = "ragvault-files", ("langchain", "gpt", "infra"), "ragvault-worker-b"
+#: the README's command for the worker on the machine with the files; the other worker serves the default queue
+WORKER_COMMANDS = {"ragvault-worker-a": "airflow celery worker",
+                   FILES_WORKER: "airflow celery worker --queues default,ragvault-files"}
 CONCURRENCY = 2          # task slots of each worker
 RUN_TIMEOUT = 600        # seconds for one run of either DAG
 pytestmark = pytest.mark.timeout(2400)
@@ -107,15 +111,15 @@ def config(tmp_path_factory, celery_bucket) -> Path:
     return path
 
 
-def worker(root: Path, name: str, queues: tuple[str, ...]) -> Worker:
-    """``airflow celery worker`` serving ``queues``, with folders of its own under ``root``;
-    ``RAGVAULT_WORKER_NAME`` is the hostname its task instances record."""
+def worker(root: Path, name: str) -> Worker:
+    """The worker's command of ``WORKER_COMMANDS``, with folders of its own under ``root``, a Celery node name
+    of its own (both run on one machine here) and ``RAGVAULT_WORKER_NAME``, the hostname its task instances
+    record."""
     for folder in ("airflow", "home", "tmp", "logs", "work"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     node = f"{name}@ragvault"
     return Worker(
-        args=("celery", "worker", "--celery-hostname", node, "--concurrency", str(CONCURRENCY),
-              "--queues", ",".join(queues)),
+        args=(*shlex.split(WORKER_COMMANDS[name])[1:], "--celery-hostname", node, "--concurrency", str(CONCURRENCY)),
         env={"AIRFLOW_HOME": str(root / "airflow"), "HOME": str(root / "home"), "TMPDIR": str(root / "tmp"),
              "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(root / "logs"),
              "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
@@ -127,9 +131,7 @@ def worker(root: Path, name: str, queues: tuple[str, ...]) -> Worker:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory) -> dict[str, Worker]:
-    return {name: worker(tmp_path_factory.mktemp(name), name,
-                         ("default", FILES_QUEUE) if name == FILES_WORKER else ("default",))
-            for name in WORKERS}
+    return {name: worker(tmp_path_factory.mktemp(name), name) for name in WORKERS}
 
 
 @pytest.fixture(scope="module")

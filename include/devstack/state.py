@@ -71,8 +71,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def spare_redis(rdb: Path | None = None, password: str | None = None):
-    """A throwaway redis-server on a free loopback port, optionally loading ``rdb`` at start.
+def spare_redis(rdb: Path | None = None, password: str | None = None, extra_args: tuple[str, ...] = ()):
+    """A throwaway redis-server on a free loopback port, optionally loading ``rdb`` at start; ``extra_args``
+    are more of its options (``--cluster-enabled yes``...).
 
     Yields ``(port, client_for_db)``; the server and its directory are gone afterwards.
     """
@@ -87,6 +88,7 @@ def spare_redis(rdb: Path | None = None, password: str | None = None):
             "dump.rdb", "--save", "", "--appendonly", "no", "--databases", "16", "--daemonize", "no"]
     if password:
         args += ["--requirepass", password]
+    args += list(extra_args)
     log = open(workdir / "redis.log", "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
 

@@ -45,6 +45,10 @@ class RedisComponent(Component):
         hook = self.hook()
         client = hook.get_conn()
         info = client.info()
+        if cluster := _cluster_node(info, hook):
+            raise ComponentError(self.name, "dump.rdb", f"{cluster}: its dump.rdb would hold only the keys of that "
+                                 "node's slots, and this package backs up a single Redis server (Redis Cluster is "
+                                 "not supported yet); nothing was written")
         version = info.get("redis_version")
         keyspace = {
             name: {"keys": int(stats["keys"]), "expires": int(stats.get("expires", 0))}
@@ -118,6 +122,10 @@ class RedisComponent(Component):
         """The backup is an RDB file, and the target runs a Redis at least as new as the source: an older one
         refuses RESTORE payloads of a newer RDB version, key by key, after the flush."""
         problems = []
+        hook = self.hook()
+        if cluster := _cluster_node(hook.get_conn().info(), hook):
+            problems.append(f"the target is {cluster}: it takes only the keys of its own slots and cannot load a "
+                            "whole dump.rdb (Redis Cluster is not supported yet)")
         head = b""
         for chunk in ctx.read(ctx.artifact(item, "dump.rdb")):
             head += chunk
@@ -297,6 +305,13 @@ def _checked_rdb(chunks: Iterable[bytes]) -> Iterator[bytes]:
 RESTORE_BATCH = 500
 #: auto: the server loads the RDB as a replica, else (it cannot connect back) key by key; or only one of them
 RESTORE_METHODS = ("auto", "replication", "restore")
+
+
+def _cluster_node(info: dict[str, Any], hook: RedisHook) -> str | None:
+    """``"<address> is a Redis Cluster node (...)"`` when INFO says cluster mode is on, else None."""
+    if str(info.get("cluster_enabled", 0)) != "1":
+        return None
+    return f"{hook.describe()} is a Redis Cluster node (cluster_enabled:1 in INFO)"
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from devstack import seed
-from devstack.state import redis_state, same_redis_state, spare_redis
+from devstack.state import free_port, redis_state, same_redis_state, spare_redis
 from ragvault.components.base import ComponentError
 from ragvault.components.redis import RedisComponent
 from ragvault.hooks.redis import RedisHook
@@ -83,6 +83,31 @@ def test_wrong_password_names_the_server(settings, context, monkeypatch):
     bad = dataclasses.replace(settings, data={**settings.data, "connections": {"redis": "redis_bad"}})
     with pytest.raises(Exception, match="(?i)(auth|password)"):
         RedisComponent(bad).backup(context("redis"), None)
+
+
+def test_a_redis_cluster_node_is_refused_by_the_backup_and_the_restore(settings, context, backed_up,
+                                                                        restore_context, target_settings,
+                                                                        seeded_redis, monkeypatch, repo, backup_date):
+    """A real redis-server in cluster mode: its dump.rdb would hold only its slots' keys, so the backup fails
+    naming the node and the cause, before writing anything, and a restore's pre-flight check refuses it as a
+    target."""
+    manifest = backed_up(RedisComponent(settings))
+    # the cluster bus on a port of its own (the default, port + 10000, may not exist for a high free port)
+    cluster = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()))
+    with spare_redis(extra_args=cluster) as (port, _):
+        monkeypatch.setenv("AIRFLOW_CONN_REDIS_CLUSTER", json.dumps({
+            "conn_type": "redis", "host": "127.0.0.1", "port": port}))
+        node = RedisComponent(target_settings("redis", "redis_cluster"))
+        before = {o["Key"] for o in repo.client.list_objects_v2(Bucket=repo.bucket, Prefix=f"{backup_date}/").get(
+            "Contents", [])}
+        with pytest.raises(ComponentError, match=rf"redis\[dump.rdb\]: .*127.0.0.1:{port} is a Redis Cluster node "
+                                                 r".*only the keys of that node's slots"):
+            node.backup(context("redis"), None)
+        after = {o["Key"] for o in repo.client.list_objects_v2(Bucket=repo.bucket, Prefix=f"{backup_date}/").get(
+            "Contents", [])}
+        assert after == before
+        problems = node.preflight(restore_context(manifest, "redis", node.settings), "all")
+        assert [p for p in problems if "Redis Cluster node" in p and f":{port}" in p], problems
 
 
 # -- restore ----------------------------------------------------------------------------------------------

@@ -305,15 +305,24 @@ svc_postgres_check() {
     }
     require_binary "$bin/postgres"
 }
+# Its data folder: under the state dir, unless (as root) the postgres user cannot reach the state dir (a
+# repository under a private home): then in the postgres user's own home, named after the state dir.
+postgres_data() {
+    if [[ $(id -u) -eq 0 ]] && ! setpriv --reuid=postgres --regid=postgres --init-groups -- test -x "$DEVSTACK_DIR"; then
+        printf '/var/lib/postgresql/ragvault-devstack-%s/data' "$(printf '%s' "$DEVSTACK_DIR" | cksum | cut -d' ' -f1)"
+    else
+        svc_data postgres
+    fi
+}
 svc_postgres_start() {
     local bin data pwfile
     bin=$(postgres_bin)
-    data=$(svc_data postgres)
-    mkdir -p "$data"
-    if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$data"; fi
+    data=$(postgres_data)
+    mkdir -p "$data" "$(svc_dir postgres)"
+    if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$data" "$(dirname "$data")"; fi
     chmod 700 "$data"
     if [[ ! -f $data/PG_VERSION ]]; then
-        pwfile=$(svc_dir postgres)/pwfile
+        pwfile=$(dirname "$data")/pwfile
         (umask 077 && printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile")
         if [[ $(id -u) -eq 0 ]]; then chown postgres "$pwfile"; fi
         as_postgres "$bin/initdb" -D "$data" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth=scram-sha-256 \
@@ -760,6 +769,9 @@ cmd_down() {
         "" | / | "$HOME" | "$REPO_ROOT") die "refusing to purge $DEVSTACK_DIR" ;;
         esac
         info "purging $DEVSTACK_DIR"
+        local pgdata
+        pgdata=$(postgres_data)
+        if [[ $pgdata == /var/lib/postgresql/ragvault-devstack-* ]]; then rm -rf -- "$(dirname "$pgdata")"; fi
         rm -rf -- "$DEVSTACK_DIR"
     fi
 }

@@ -16,11 +16,17 @@ Airflow UI (**Trigger DAG** opens the form) or with `airflow dags trigger intell
    components are skipped, and the log says so.
 2. **verify_backup**: downloads every selected artifact and checks size, SHA-256 and decryption against the
    manifest. A missing object or a mismatch fails here, before anything is written.
-3. **plan_restore**: prints what will be written and what overwritten; stops unless `confirm` is set when
-   targets hold data.
-4. One task group per component: Qdrant, MongoDB, Redis, then configs, prompts, metrics, dashboards, infra.
-5. **verify_restore**: compares the restored state with the manifest (counts and a sample, field by field).
+3. **<component>.check**, side by side: each component inspects its targets and runs its pre-flight checks,
+   writing nothing; **plan_restore** gathers them, prints what will be written and what overwritten, stops on
+   any problem, and unless `confirm` is set when targets hold data.
+4. One task group per component, one after the other: Qdrant, MongoDB, Redis, then configs, prompts, metrics,
+   dashboards, infra; each restores its items, then **<component>.verify** compares them with the backup.
+5. **verify_restore**: gathers the verifications (counts and a sample, field by field), prints the table and
+   fails on any difference.
 6. **resume_ingestion** (teardown): always runs.
+
+Every task of a component (check, restore, verify) runs on the component's queue when its settings name one
+(`components.<name>.queue`): on a worker that reaches its files.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from airflow.sdk import DAG, Param, TaskGroup
 from ragvault.components import REGISTRY, RESTORE_ORDER
 from ragvault.config import load_settings
 from ragvault.operators import (
+    CheckTargetsOperator,
     ListRestoreItemsOperator,
     PauseIngestionOperator,
     PlanRestoreOperator,
@@ -38,6 +45,7 @@ from ragvault.operators import (
     RestoreComponentOperator,
     ResumeIngestionOperator,
     VerifyBackupOperator,
+    VerifyComponentOperator,
     VerifyRestoreOperator,
 )
 
@@ -80,30 +88,36 @@ with DAG(
     pause = PauseIngestionOperator(task_id="pause_ingestion")
     resolve = ResolveBackupOperator(task_id="resolve_backup")
     verify = VerifyBackupOperator(task_id="verify_backup", resolved=RESOLVED)
-    plan = PlanRestoreOperator(task_id="plan_restore", resolved=RESOLVED)
+    checks, verifies, firsts, lasts = {}, {}, [], []
 
-    steps = []
     for name in RESTORE_ORDER:
         component = REGISTRY[name]
-        with TaskGroup(group_id=name, tooltip=component.title) as group:
+        with TaskGroup(group_id=name, tooltip=component.title):
             where = settings.task_args(name)  # the component's queue, if its settings name one
+            checks[name] = CheckTargetsOperator(task_id="check", component=name, resolved=RESOLVED, **where)
             if component.item_noun:
-                items = ListRestoreItemsOperator(task_id=f"list_{component.item_noun}s", component=name,
+                first = ListRestoreItemsOperator(task_id=f"list_{component.item_noun}s", component=name,
                                                  resolved=RESOLVED, **where)
-                RestoreComponentOperator.partial(
+                restore = RestoreComponentOperator.partial(
                     task_id=f"restore_{component.item_noun}", component=name, resolved=RESOLVED,
                     map_index_template="{{ task.item }}", **where,
-                ).expand(item=items.output)
+                ).expand(item=first.output)
             else:
-                RestoreComponentOperator(task_id="restore", component=name, resolved=RESOLVED, **where)
-        steps.append(group)
+                first = restore = RestoreComponentOperator(task_id="restore", component=name, resolved=RESOLVED,
+                                                           **where)
+            verifies[name] = VerifyComponentOperator(task_id="verify", component=name, resolved=RESOLVED, **where)
+            restore >> verifies[name]
+        firsts.append(first)
+        lasts.append(verifies[name])
 
-    check = VerifyRestoreOperator(task_id="verify_restore", resolved=RESOLVED)
+    plan = PlanRestoreOperator(task_id="plan_restore", resolved=RESOLVED,
+                               check_tasks={name: task.task_id for name, task in checks.items()})
+    check = VerifyRestoreOperator(task_id="verify_restore", resolved=RESOLVED,
+                                  verify_tasks={name: task.task_id for name, task in verifies.items()})
     resume = ResumeIngestionOperator(task_id="resume_ingestion")
 
-    pause >> resolve >> verify >> plan
-    previous = plan
-    for step in steps:
-        previous >> step
-        previous = step
-    previous >> check >> resume.as_teardown(setups=pause)
+    # every component checked side by side, then the plan; the components restored one after the other
+    pause >> resolve >> verify >> list(checks.values()) >> plan >> firsts[0]
+    for last, first in zip(lasts, firsts[1:], strict=False):
+        last >> first
+    lasts[-1] >> check >> resume.as_teardown(setups=pause)

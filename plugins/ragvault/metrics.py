@@ -205,7 +205,8 @@ def push_drill(settings, outcome: dict[str, Any], now: float | None = None) -> b
 
 
 def push_restore(settings, date: str, rows: list[dict[str, Any]], passed: bool, now: float | None = None) -> bool:
-    """Push a restore's post-restore verification (``rows`` of ``ragvault.operators.verify_restored``)."""
+    """Push a restore's post-restore verification (``rows``: one ``row`` of ``ragvault.operators.verify_restored`` per
+    component)."""
     now = time.time() if now is None else now
     gateway = Pushgateway(settings)
     pushed = gateway.push(RESTORE_JOB, {}, {

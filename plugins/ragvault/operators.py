@@ -603,24 +603,48 @@ class ResolveBackupOperator(_RagvaultOperator):
                 "confirm": str(self.confirm or "").strip()}
 
 
-def verify_restored(repo: BackupRepository, manifest: dict[str, Any], components: list[str], settings: Settings,
-                    log) -> tuple[list[dict[str, Any]], list[str]]:
-    """Compare each restored component with the backup: one row per component, and every difference found."""
-    rows, problems = [], []
-    for name in components:
-        component = get_component(name)(settings)
-        ctx = RestoreContext(repo=repo, manifest=manifest, component=name, settings=settings, log=log)
-        items = component.restore_items(ctx.section)
-        equal = 0
-        for item in items:
-            try:
-                found = component.verify_restore(ctx, item)
-            except Exception as exc:  # reported as a difference, with the others
-                found = [f"could not verify: {type(exc).__name__}: {exc}"]
-            problems += [f"{name}[{item}]: {p}" for p in found]
-            equal += not found
-        rows.append({"component": name, "items": len(items), "equal": equal})
-    return rows, problems
+def verify_restored(repo: BackupRepository, manifest: dict[str, Any], name: str, settings: Settings,
+                    log) -> dict[str, Any]:
+    """Compare one restored component with the backup: its row of the verification table (``component``,
+    ``items``, ``equal``) and every difference found (``problems``)."""
+    component = get_component(name)(settings)
+    ctx = RestoreContext(repo=repo, manifest=manifest, component=name, settings=settings, log=log)
+    items = component.restore_items(ctx.section)
+    equal, problems = 0, []
+    for item in items:
+        try:
+            found = component.verify_restore(ctx, item)
+        except Exception as exc:  # reported as a difference, with the others
+            found = [f"could not verify: {type(exc).__name__}: {exc}"]
+        problems += [f"{name}[{item}]: {p}" for p in found]
+        equal += not found
+    return {"row": {"component": name, "items": len(items), "equal": equal}, "problems": problems}
+
+
+def check_targets(repo: BackupRepository, manifest: dict[str, Any], name: str, settings: Settings,
+                  log) -> dict[str, Any]:
+    """Inspect one component's targets and run its pre-flight checks, item by item, writing nothing: the plan's
+    ``lines``, the ``overwrites`` (targets that hold data) and every ``problems`` found."""
+    component = get_component(name)(settings)
+    ctx = RestoreContext(repo=repo, manifest=manifest, component=name, settings=settings, log=log)
+    lines, overwrites, problems = [], [], []
+    for item in component.restore_items(ctx.section):
+        entry = ctx.item(item)
+        size = sum(a["size"] for a in ctx.artifacts(item).values())
+        counts = ", ".join(f"{k}={v}" for k, v in entry["counts"].items())
+        try:
+            target = component.inspect_target(ctx, item)
+            found = component.preflight(ctx, item)
+        except Exception as exc:  # every item is checked; the restore stops in plan_restore on any problem
+            problems.append(f"{name}[{item}]: could not check the target{_at(component)}: "
+                            f"{type(exc).__name__}: {exc}")
+            continue
+        problems += [f"{name}[{item}]: {problem}" for problem in found]
+        verdict = "OVERWRITE" if target["holds_data"] else "write"
+        lines.append(f"{name:10} {item:30} {counts} ({human_size(size)}) -> {verdict}: {target['what']}")
+        if target["holds_data"]:
+            overwrites.append(f"{name}[{item}] ({target['what']})")
+    return {"lines": lines, "overwrites": overwrites, "problems": problems}
 
 
 def verification_table(rows: list[dict[str, Any]]) -> str:
@@ -662,46 +686,71 @@ class VerifyBackupOperator(_RestoreOperator):
         return {"artifacts": len(artifacts), "bytes": total}
 
 
-class PlanRestoreOperator(_RestoreOperator):
-    """Check every selected component before anything is written, say what the restore would write and what
-    it would overwrite; stop unless confirmed.
+class CheckTargetsOperator(_RestoreOperator):
+    """One component's part of the plan, before anything is written: its targets inspected (reachable? holding
+    data?) and its pre-flight checks run (:meth:`~ragvault.components.base.Component.preflight`: archives
+    safe to extract, versions the target can take, room on disk...), item by item. It writes nothing and
+    fails on nothing it finds: ``plan_restore`` gathers every component's findings and decides. It runs where
+    the component's other tasks run (its queue), so it sees the files a restore would write.
 
-    Each component inspects its target (reachable? holding data?) and runs its pre-flight checks
-    (:meth:`~ragvault.components.base.Component.preflight`: archives safe to extract, versions the target
-    can take, room on disk...). Any problem, in any component, stops the restore here, before the first
-    write to any target, naming them all. Over targets that already hold data the restore goes on only when
-    ``confirm`` equals the backup date. In a dry run the plan is printed and nothing is written.
-
+    :param component: the component's name.
     :param resolved: ``resolve_backup``'s result (templated).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, component: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.component = component
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if self.component not in self.resolved["components"]:
+            raise AirflowSkipException(f"{self.component} is not selected")
+        settings = self.settings()
+        repo, manifest, _ = self.backup(settings)
+        with self.lock(context, settings, repo).keep_alive():
+            found = check_targets(repo, manifest, self.component, settings, self.log)
+        self.log.info("%s: %d item(s) checked, %d problem(s)\n%s", self.component, len(found["lines"]),
+                      len(found["problems"]), "\n".join(found["lines"] + found["problems"]))
+        return found
+
+
+class PlanRestoreOperator(_RestoreOperator):
+    """Gather every selected component's checks (``check_tasks``), say what the restore would write and what
+    it would overwrite; stop unless confirmed.
+
+    Any problem, in any component, stops the restore here, before the first write to any target, naming them
+    all (a selected component whose check left no result is one). Over targets that already hold data the
+    restore goes on only when ``confirm`` equals the backup date. In a dry run the plan is printed and nothing
+    is written.
+
+    :param check_tasks: ``{component: task_id}`` of the check tasks whose findings to gather.
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    def __init__(self, *, check_tasks: Mapping[str, str], **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
+        super().__init__(**kwargs)
+        self.check_tasks = dict(check_tasks)
+
     def execute(self, context) -> dict[str, Any]:
         settings = self.settings()
-        repo, manifest, components = self.backup(settings)
+        _, manifest, components = self.backup(settings)
         date = manifest["backup_date"]
         lines, overwrites, problems = [], [], []
-        with self.lock(context, settings, repo).keep_alive():
-            for name in components:
-                component = get_component(name)(settings)
-                ctx = self.context(repo, manifest, name, settings)
-                for item in component.restore_items(ctx.section):
-                    entry = ctx.item(item)
-                    size = sum(a["size"] for a in ctx.artifacts(item).values())
-                    counts = ", ".join(f"{k}={v}" for k, v in entry["counts"].items())
-                    try:
-                        target = component.inspect_target(ctx, item)
-                        found = component.preflight(ctx, item)
-                    except Exception as exc:  # every component is checked; the restore stops below on any
-                        problems.append(f"{name}[{item}]: could not check the target{_at(component)}: "
-                                        f"{type(exc).__name__}: {exc}")
-                        continue
-                    problems += [f"{name}[{item}]: {problem}" for problem in found]
-                    verdict = "OVERWRITE" if target["holds_data"] else "write"
-                    lines.append(f"{name:10} {item:30} {counts} ({human_size(size)}) -> {verdict}: "
-                                 f"{target['what']}")
-                    if target["holds_data"]:
-                        overwrites.append(f"{name}[{item}] ({target['what']})")
+        for name in components:
+            found = context["ti"].xcom_pull(task_ids=self.check_tasks[name]) if name in self.check_tasks else None
+            if not found:
+                problems.append(f"{name}: its targets were not checked (task {self.check_tasks.get(name)} left no "
+                                "result)")
+                continue
+            lines += found["lines"]
+            overwrites += found["overwrites"]
+            problems += found["problems"]
         self.log.info("restore plan for the backup of %s:\n%s", date, "\n".join(lines))
         if problems:
             raise ComponentError("restore", None, f"the pre-flight checks of the backup of {date} failed; nothing "
@@ -804,18 +853,53 @@ class RestoreComponentOperator(_RestoreOperator):
                 f"confirm = {self.resolved.get('date')}): every component is restored whole again.")
 
 
-class VerifyRestoreOperator(_RestoreOperator):
-    """Compare the restored stack with the manifest: counts per item and a sample field by field.
+class VerifyComponentOperator(_RestoreOperator):
+    """Compare one restored component with the backup, item by item: counts and a sample field by field. It
+    fails on nothing it finds: ``verify_restore`` gathers every component's findings, prints the table and
+    decides. It runs where the component's other tasks run (its queue), so it sees the files restored.
 
-    Prints a table (component, items backed up, items restored, equal?) and fails on any difference.
-
+    :param component: the component's name.
     :param resolved: ``resolve_backup``'s result (templated).
     :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    ui_color = "#e8f8f5"
+
+    def __init__(self, *, component: str, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
         super().__init__(**kwargs)
+        self.component = component
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if self.component not in self.resolved["components"] or self.resolved["dry_run"]:
+            raise AirflowSkipException(f"{self.component}: not selected, or a dry run")
+        settings = self.settings()
+        repo, manifest, _ = self.backup(settings)
+        found = verify_restored(repo, manifest, self.component, settings, self.log)
+        row = found["row"]
+        self.log.info("%s: %d of %d item(s) equal to the backup%s", self.component, row["equal"], row["items"],
+                      "".join(f"\n  {p}" for p in found["problems"]))
+        return found
+
+
+class VerifyRestoreOperator(_RestoreOperator):
+    """Gather every restored component's verification (``verify_tasks``): counts per item and a sample field by
+    field, compared with the manifest.
+
+    Prints a table (component, items backed up, items restored, equal?), pushes it to the Pushgateway and fails
+    on any difference (a selected component whose verification left no result is one).
+
+    :param verify_tasks: ``{component: task_id}`` of the verification tasks whose findings to gather.
+    :param resolved: ``resolve_backup``'s result (templated).
+    :param config_path: the settings file; default ``$RAGVAULT_CONFIG`` or ``include/ragvault.yaml``.
+    """
+
+    def __init__(self, *, verify_tasks: Mapping[str, str], **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.NONE_FAILED)
+        super().__init__(**kwargs)
+        self.verify_tasks = dict(verify_tasks)
 
     def execute(self, context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -823,8 +907,17 @@ class VerifyRestoreOperator(_RestoreOperator):
         if self.resolved["dry_run"]:
             raise AirflowSkipException("dry run: nothing was restored")
         settings = self.settings()
-        repo, manifest, components = self.backup(settings)
-        rows, problems = verify_restored(repo, manifest, components, settings, self.log)
+        _, manifest, components = self.backup(settings)
+        rows, problems = [], []
+        for name in components:
+            found = context["ti"].xcom_pull(task_ids=self.verify_tasks[name]) if name in self.verify_tasks else None
+            if not found:
+                rows.append({"component": name, "items": len(manifest["components"][name].get("items") or {}),
+                             "equal": 0})
+                problems.append(f"{name}: not verified (task {self.verify_tasks.get(name)} left no result)")
+                continue
+            rows.append(found["row"])
+            problems += found["problems"]
         self.log.info("post-restore verification\n%s", verification_table(rows))
         from ragvault.metrics import push_restore
 

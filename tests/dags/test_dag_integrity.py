@@ -90,21 +90,31 @@ def test_restore_dag_shape(dagbag):
     pause, resume = tasks["pause_ingestion"], tasks["resume_ingestion"]
     assert pause.is_setup and not pause.upstream_task_ids
     assert resume.is_teardown and not resume.downstream_task_ids and "pause_ingestion" in resume.upstream_task_ids
-    # verify before anything is written, then the plan, then the components in the seed's restore order
-    chain = ["pause_ingestion", "resolve_backup", "verify_backup", "plan_restore"]
+    # verify before anything is written; every component's check side by side, then the plan
+    chain = ["pause_ingestion", "resolve_backup", "verify_backup"]
     for upstream, task in zip(chain, chain[1:], strict=False):
         assert tasks[task].upstream_task_ids == {upstream}, task
-    previous = "plan_restore"
     groups = [g for g in dag.task_group.children if g in REGISTRY]
     assert groups == RESTORE_ORDER
     assert RESTORE_ORDER[:3] == ["qdrant", "mongodb", "redis"] and RESTORE_ORDER[-1] == "infra"
+    checks = {f"{name}.check" for name in RESTORE_ORDER}
+    assert tasks["verify_backup"].downstream_task_ids == checks
+    assert tasks["plan_restore"].upstream_task_ids == checks
+    assert all(tasks[c].downstream_task_ids == {"plan_restore"} for c in checks)
+    assert tasks["plan_restore"].check_tasks == {name: f"{name}.check" for name in RESTORE_ORDER}
+    # then the components one after the other in the seed's restore order: each restores, then verifies itself
+    previous = "plan_restore"
     for name in RESTORE_ORDER:
-        members = [t for t in dag.tasks if t.task_id.startswith(f"{name}.")]
+        members = [t for t in dag.tasks if t.task_id.startswith(f"{name}.") and t.task_id != f"{name}.check"]
         first = [t for t in members if not any(u.startswith(f"{name}.") for u in t.upstream_task_ids)]
         assert len(first) == 1 and first[0].upstream_task_ids == {previous}, name
         last = [t for t in members if not any(d.startswith(f"{name}.") for d in t.downstream_task_ids)]
+        assert [t.task_id for t in last] == [f"{name}.verify"], name
+        restores = [t for t in members if ".restore" in t.task_id]
+        assert len(restores) == 1 and restores[0].downstream_task_ids == {f"{name}.verify"}, name
         previous = last[0].task_id
     assert tasks["verify_restore"].upstream_task_ids == {previous}
+    assert tasks["verify_restore"].verify_tasks == {name: f"{name}.verify" for name in RESTORE_ORDER}
     assert tasks["verify_restore"].downstream_task_ids == {"resume_ingestion"}
 
 

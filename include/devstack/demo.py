@@ -92,8 +92,9 @@ def main() -> int:
         )
     from ragvault.operators import verification_table, verify_restored
 
-    rows, problems = verify_restored(repo, manifest, list(manifest["components"]), settings,
-                                     logging.getLogger("demo"))
+    found = [verify_restored(repo, manifest, name, settings, logging.getLogger("demo"))
+             for name in manifest["components"]]
+    rows, problems = [f["row"] for f in found], [p for f in found for p in f["problems"]]
     print(verification_table(sorted(rows, key=lambda r: order.get(r["component"], 99))))
     for problem in problems:
         print(f"   !! {problem}")

@@ -289,13 +289,9 @@ postgres_bin() {
     dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
     [[ -n $dir ]] && printf '%s' "$dir"
 }
-as_postgres() {
-    if [[ $(id -u) -eq 0 ]]; then
-        setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
-    else
-        "$@"
-    fi
-}
+# The prefix that runs a command as the `postgres` user: empty unless this script runs as root.
+AS_POSTGRES=()
+if [[ $(id -u) -eq 0 ]]; then AS_POSTGRES=(setpriv --reuid=postgres --regid=postgres --init-groups --); fi
 svc_postgres_check() {
     local bin
     bin=$(postgres_bin) || true
@@ -308,7 +304,7 @@ svc_postgres_check() {
 # Its data folder: under the state dir, unless (as root) the postgres user cannot reach the state dir (a
 # repository under a private home): then in the postgres user's own home, named after the state dir.
 postgres_data() {
-    if [[ $(id -u) -eq 0 ]] && ! setpriv --reuid=postgres --regid=postgres --init-groups -- test -x "$DEVSTACK_DIR"; then
+    if ((${#AS_POSTGRES[@]})) && ! "${AS_POSTGRES[@]}" test -x "$DEVSTACK_DIR"; then
         printf '/var/lib/postgresql/ragvault-devstack-%s/data' "$(printf '%s' "$DEVSTACK_DIR" | cksum | cut -d' ' -f1)"
     else
         svc_data postgres
@@ -325,7 +321,7 @@ svc_postgres_start() {
         pwfile=$(dirname "$data")/pwfile
         (umask 077 && printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile")
         if [[ $(id -u) -eq 0 ]]; then chown postgres "$pwfile"; fi
-        as_postgres "$bin/initdb" -D "$data" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth=scram-sha-256 \
+        "${AS_POSTGRES[@]}" "$bin/initdb" -D "$data" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth=scram-sha-256 \
             --encoding=UTF8 --locale=C >>"$(svc_log postgres)" 2>&1 || {
             rm -f "$pwfile"
             warn "postgres: initdb failed; see $(svc_log postgres)"
@@ -335,11 +331,7 @@ svc_postgres_start() {
     fi
     local server=("$bin/postgres" -D "$data" -p "${PORT[postgres]}" -c listen_addresses="$HOST"
         -c unix_socket_directories= -c max_connections=200)
-    if [[ $(id -u) -eq 0 ]]; then
-        spawn postgres setpriv --reuid=postgres --regid=postgres --init-groups -- "${server[@]}"
-    else
-        spawn postgres "${server[@]}"
-    fi
+    spawn postgres "${AS_POSTGRES[@]}" "${server[@]}"
 }
 # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to leave; SIGINT ("fast") does not.
 svc_postgres_stop_signal() { printf INT; }

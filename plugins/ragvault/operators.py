@@ -538,6 +538,12 @@ class _RestoreOperator(_RagvaultOperator):
     def context(self, repo, manifest, component: str, settings: Settings) -> RestoreContext:
         return RestoreContext(repo=repo, manifest=manifest, component=component, settings=settings, log=self.log)
 
+    @staticmethod
+    def gathered(context, tasks: Mapping[str, str], component: str) -> Any:
+        """What the task of ``component`` in ``tasks`` (``{component: task_id}``) returned; None when it has no
+        such task or the task left nothing (skipped, failed)."""
+        return context["ti"].xcom_pull(task_ids=tasks[component]) if component in tasks else None
+
 
 class ResolveBackupOperator(_RagvaultOperator):
     """Find the complete backup the restore form asks for, and check the selection against it.
@@ -743,7 +749,7 @@ class PlanRestoreOperator(_RestoreOperator):
         date = manifest["backup_date"]
         lines, overwrites, problems = [], [], []
         for name in components:
-            found = context["ti"].xcom_pull(task_ids=self.check_tasks[name]) if name in self.check_tasks else None
+            found = self.gathered(context, self.check_tasks, name)
             if not found:
                 problems.append(f"{name}: its targets were not checked (task {self.check_tasks.get(name)} left no "
                                 "result)")
@@ -910,7 +916,7 @@ class VerifyRestoreOperator(_RestoreOperator):
         _, manifest, components = self.backup(settings)
         rows, problems = [], []
         for name in components:
-            found = context["ti"].xcom_pull(task_ids=self.verify_tasks[name]) if name in self.verify_tasks else None
+            found = self.gathered(context, self.verify_tasks, name)
             if not found:
                 rows.append({"component": name, "items": len(manifest["components"][name].get("items") or {}),
                              "equal": 0})
@@ -1019,8 +1025,8 @@ class RecordDrillOperator(_RestoreOperator):
         settings = self.settings()
         repo = self.repository(settings)
         results = []
-        for component, task_id in self.drill_tasks.items():
-            value = context["ti"].xcom_pull(task_ids=task_id)
+        for component in self.drill_tasks:
+            value = self.gathered(context, self.drill_tasks, component)
             if value:
                 results.append(value)
             elif component in self.resolved["components"]:

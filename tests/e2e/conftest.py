@@ -1,8 +1,10 @@
 """A real Airflow for the end-to-end tests: its own AIRFLOW_HOME, scheduler and all.
 
-:func:`running_airflow` builds a private Airflow deployment the way a real one runs: a fresh AIRFLOW_HOME with a
-migrated SQLite metadata database, the LocalExecutor (Airflow allows it on SQLite, as ``airflow standalone``
-does), the repository's ``dags/`` and ``plugins/``, the simple auth manager with a known admin password, and four
+:func:`running_airflow` builds a private Airflow deployment the way a real one runs: a fresh AIRFLOW_HOME, a
+metadata database (the ``airflow`` fixture makes one of its own on the local PostgreSQL server with
+:func:`postgres_database`: SQLite refuses a backfill while the scheduler writes, "Database is locked. Backfill
+creation is not supported on SQLite under concurrent access"), the LocalExecutor, the repository's ``dags/``
+and ``plugins/``, the simple auth manager with a known admin password, and four
 processes started side by side, each in a session (process group) of its own and logging to a file of the
 home: ``airflow api-server`` on a free loopback port, ``airflow scheduler``, ``airflow dag-processor`` and
 ``airflow triggerer``. The task runners the scheduler forks reach the API server's execution API, and the
@@ -30,6 +32,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -50,6 +53,37 @@ LOG_TAIL = 4000           # characters of each log shown in a failure message
 
 def tail(text: str, limit: int = LOG_TAIL) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def required(name: str) -> str:
+    """The value of the environment variable ``name``, which ``make services`` writes to .services.env."""
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: `make services` starts PostgreSQL and the broker and writes it to "
+                    ".services.env", pytrace=False)
+    return value
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on the local PostgreSQL server (``$RAGVAULT_POSTGRES_URL``), named ``<prefix>_<random>``,
+    until the block ends, when it is dropped: its SQLAlchemy URL, for a deployment's metadata database."""
+    import psycopg2
+
+    server = urlsplit(required("RAGVAULT_POSTGRES_URL"))
+    name = f"{prefix}_{os.urandom(4).hex()}"
+    admin = psycopg2.connect(urlunsplit(server))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(server._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
@@ -342,11 +376,14 @@ def running_airflow(home: Path, dag_ids: Iterable[str], extra_env: dict[str, str
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, ragvault_config: Path) -> Iterator[AirflowDeployment]:
-    """The module's own running Airflow, with intelligence_backup and intelligence_restore parsed from the
-    repository's dags/ with ``ragvault_config`` (a fixture of the test module) as ``$RAGVAULT_CONFIG``."""
+    """The module's own running Airflow, on a PostgreSQL metadata database of its own, with intelligence_backup
+    and intelligence_restore parsed from the repository's dags/ with ``ragvault_config`` (a fixture of the test
+    module) as ``$RAGVAULT_CONFIG``."""
     home = tmp_path_factory.mktemp("airflow_e2e_home")
-    with running_airflow(home, ("intelligence_backup", "intelligence_restore"),
-                         {"RAGVAULT_CONFIG": str(ragvault_config)}) as deployment:
+    with postgres_database("airflow_e2e") as metadata_db, \
+            running_airflow(home, ("intelligence_backup", "intelligence_restore"),
+                            {"RAGVAULT_CONFIG": str(ragvault_config),
+                             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db}) as deployment:
         yield deployment
 
 

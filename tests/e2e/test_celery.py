@@ -20,12 +20,9 @@ machine's disk would fail here as soon as the two tasks ran on different workers
 from __future__ import annotations
 
 import datetime as dt
-import os
-import secrets
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -37,7 +34,7 @@ from devstack.stack import seed_everything, wipe_everything
 from devstack.state import mongo_state, qdrant_state, redis_state, same_redis_state, scraped
 from ragvault.components import REGISTRY
 
-from .conftest import AirflowDeployment, Worker, running_airflow
+from .conftest import AirflowDeployment, Worker, postgres_database, required, running_airflow
 
 BACKUP_DAG, RESTORE_DAG = "intelligence_backup", "intelligence_restore"
 WORKERS = ("ragvault-worker-a", "ragvault-worker-b")
@@ -51,31 +48,11 @@ RUN_TIMEOUT = 600        # seconds for one run of either DAG
 pytestmark = pytest.mark.timeout(2400)
 
 
-def required(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(f"{name} is not set: `make services` starts PostgreSQL and the broker and writes it to "
-                    ".services.env", pytrace=False)
-    return value
-
-
 @pytest.fixture(scope="module")
 def metadata_db() -> Iterator[str]:
     """A new database on the local PostgreSQL server: the deployment's metadata database (SQLAlchemy URL)."""
-    import psycopg2
-
-    server = urlsplit(required("RAGVAULT_POSTGRES_URL"))
-    name = f"airflow_celery_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(urlunsplit(server))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(server._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres_database("airflow_celery") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -118,6 +118,59 @@ def spare_redis(rdb: Path | None = None, password: str | None = None, extra_args
             proc.kill()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def spare_redis_cluster(masters: int, password: str | None = None, timeout: float = 60):
+    """A throwaway Redis Cluster of ``masters`` real redis-server nodes in cluster mode on loopback, the 16384
+    hash slots split evenly among them (``CLUSTER ADDSLOTSRANGE``), joined with ``CLUSTER MEET``.
+
+    Yields the nodes' ports, the first slots' owner first, once every node reports ``cluster_state:ok`` and knows
+    all the masters; the servers and their directories are gone afterwards.
+    """
+    import redis
+
+    slots = 16384
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(masters):
+            # the cluster bus on a port of its own (the default, port + 10000, may not exist for a high port)
+            args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port",
+                    str(free_port()), "--cluster-node-timeout", "5000")
+            port, _ = stack.enter_context(spare_redis(password=password, extra_args=args))
+            ports.append(port)
+        clients = [redis.Redis(host="127.0.0.1", port=port, password=password) for port in ports]
+        for index, client in enumerate(clients):
+            first, last = index * slots // masters, (index + 1) * slots // masters - 1
+            client.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+        bus_ports = [int(c.config_get("cluster-port")["cluster-port"]) for c in clients]
+        for client in clients[1:]:
+            client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0], bus_ports[0])
+        deadline = time.monotonic() + timeout
+        while True:
+            states = [c.cluster("INFO") for c in clients]
+            if all(s["cluster_state"] == "ok" and int(s["cluster_size"]) == masters for s in states):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the spare cluster on {ports} did not converge within {timeout} s: {states}")
+            time.sleep(0.2)
+        for client in clients:
+            client.close()
+        yield ports
+
+
+def cluster_state(ports: list[int], password: str | None = None) -> dict[int, dict]:
+    """The keys of every master of a cluster merged, as :func:`redis_state` gives them (db 0 only)."""
+    import redis
+
+    merged: dict[bytes, tuple] = {}
+    for port in ports:
+        node = redis_state(lambda db, p=port: redis.Redis(host="127.0.0.1", port=p, password=password, db=db),
+                           databases=1)  # a cluster has db 0 only
+        for key, value in node.get(0, {}).items():
+            assert key not in merged, f"key {key!r} on two masters"
+            merged[key] = value
+    return {0: merged} if merged else {}
 
 
 @contextmanager

@@ -59,7 +59,7 @@ class IngestionControl:
 
     def _redis(self):
         conn_id = (self.config.get("flag") or {}).get("redis_conn_id") or self.settings.conn_id("redis")
-        return RedisHook(redis_conn_id=conn_id).get_conn()
+        return RedisHook(redis_conn_id=conn_id).key_client()  # the flag's master, on a Redis Cluster
 
     @staticmethod
     def saved_state() -> dict[str, Any] | None:

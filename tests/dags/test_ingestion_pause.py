@@ -147,10 +147,11 @@ class AirflowApi:
         return runs[0]
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
-        """``{task_id: task instance}`` of one run (the backup DAG maps nothing here)."""
+        """``{task_id: task instance}`` of one run (``task_id[map_index]`` for a mapped task)."""
         page = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
                          params={"limit": 100}).json()
-        return {ti["task_id"]: ti for ti in page["task_instances"]}
+        return {ti["task_id"] if ti["map_index"] == -1 else f"{ti['task_id']}[{ti['map_index']}]": ti
+                for ti in page["task_instances"]}
 
     def pause_requests(self, dag_id: str, since: datetime) -> list[bool]:
         """The ``is_paused`` values the API was asked to set on ``dag_id`` after ``since``, oldest first."""
@@ -298,14 +299,15 @@ def test_backup_pauses_ingestion_while_it_runs_and_restores_each_prior_state(
     run_id = api.run_for(BACKUP_DAG, backup_date)["dag_run_id"]
     tis = api.task_instances(BACKUP_DAG, run_id)
     assert {t: ti["state"] for t, ti in tis.items()} == {
-        "pause_ingestion": "success", "plan_backup": "success", "redis.backup": "success",
-        "commit_manifest": "success", "apply_retention": "success", "resume_ingestion": "success"}
+        "pause_ingestion": "success", "plan_backup": "success", "redis.list_nodes": "success",
+        "redis.backup_node[0]": "success", "commit_manifest": "success", "apply_retention": "success",
+        "resume_ingestion": "success"}
 
     # From the end of pause_ingestion to the start of resume_ingestion both DAGs were paused, and the state
     # saved for the resume was this run's, with each DAG's state from before the backup.
     paused_from = epoch(tis["pause_ingestion"]["end_date"])
     paused_until = epoch(tis["resume_ingestion"]["start_date"])
-    assert paused_from <= epoch(tis["redis.backup"]["start_date"])
+    assert paused_from <= epoch(tis["redis.list_nodes"]["start_date"])
     assert epoch(tis["commit_manifest"]["end_date"]) <= paused_until
     during = recorder.between(paused_from, paused_until)
     assert during, f"no sample inside the {paused_until - paused_from:.2f}s paused window"
@@ -373,7 +375,7 @@ def test_busy_ingestion_fails_the_pause_after_the_drain_timeout_and_ingestion_is
     run_id = api.run_for(BACKUP_DAG, backup_date)["dag_run_id"]
     states = {t: ti["state"] for t, ti in api.task_instances(BACKUP_DAG, run_id).items()}
     assert states["pause_ingestion"] == "failed", states
-    assert states["redis.backup"] != "success" and states["commit_manifest"] != "success", states
+    assert states.get("redis.backup_node[0]") != "success" and states["commit_manifest"] != "success", states
 
     # pause_ingestion waited on the running task with both DAGs paused, then failed naming DAG and count.
     assert f"ingestion: waiting for {ACTIVE} (1 active)" in out, tail(proc)

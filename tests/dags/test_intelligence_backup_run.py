@@ -166,7 +166,7 @@ def test_failing_component_fails_clearly_resumes_ingestion_and_writes_no_manifes
     assert states.get("qdrant.list_collections") == "failed", (states, output(proc))
     assert states["commit_manifest"] == "upstream_failed", states
     assert states["resume_ingestion"] == "success", states
-    assert states["redis.backup"] == "success", states
+    assert states["redis.backup_node[0]"] == "success", states
     # The message names the component, what it was doing and the cause.
     message = f"qdrant: could not list collections at http://127.0.0.1:{dead_port}: "
     assert message in proc.stdout + proc.stderr, output(proc)

@@ -1,4 +1,5 @@
-"""Redis hook: a redis-py client, and the replication handshake that streams the server's RDB."""
+"""Redis hook: a redis-py client, the replication handshake that streams the server's RDB, and the layout of a
+Redis Cluster (its masters and the slots each serves)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,30 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from ragvault.hooks.base import ConnectionHook
 
 EOF_MARK_SIZE = 40
+#: the hash slots of a Redis Cluster: 0 to 16383
+SLOTS = 16384
+
+
+@dataclass(frozen=True)
+class ClusterShard:
+    """One master of a Redis Cluster as ``CLUSTER SLOTS`` shows it: its address, node id, the slot ranges it
+    serves (inclusive ``(first, last)`` pairs) and its replicas' addresses."""
+
+    address: str
+    node_id: str
+    slots: tuple[tuple[int, int], ...]
+    replicas: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def slot_count(self) -> int:
+        return sum(last - first + 1 for first, last in self.slots)
 
 
 class RedisError(RuntimeError):
@@ -64,6 +83,54 @@ class RedisHook(ConnectionHook):
     def describe(self) -> str:
         kw = self.connection_kwargs
         return f"redis://{kw['host']}:{kw['port']}"
+
+    # -- Redis Cluster ----------------------------------------------------------------------------------------
+    def for_node(self, address: str) -> RedisHook:
+        """A hook on another server (``host:port``) with this connection's credentials and TLS setting, on db 0:
+        a node of the cluster this connection points at."""
+        host, _, port = address.rpartition(":")
+        node = RedisHook(self.redis_conn_id, timeout=self.timeout)
+        node.__dict__["connection"] = self.connection
+        node.__dict__["connection_kwargs"] = {**self.connection_kwargs, "host": host.strip("[]"), "port": int(port),
+                                              "db": 0}
+        return node
+
+    def key_client(self):
+        """A client for commands on keys wherever they live: a ``redis.RedisCluster`` (it follows each key to the
+        master of its slot) when the server is a cluster node, else :meth:`get_conn`'s client."""
+        import redis
+
+        if not self.is_cluster():
+            return self.get_conn()
+        kw = self.connection_kwargs
+        return redis.RedisCluster(host=kw["host"], port=kw["port"], username=kw["username"],
+                                  password=kw["password"], ssl=kw["ssl"], socket_timeout=self.timeout)
+
+    def is_cluster(self) -> bool:
+        """True when the server runs in cluster mode (``cluster_enabled:1`` in INFO)."""
+        return str(self.get_conn().info("cluster").get("cluster_enabled", 0)) == "1"
+
+    def cluster_shards(self) -> list[ClusterShard]:
+        """The cluster's masters (``CLUSTER SLOTS``), ordered by their first slot. A node that announces no
+        endpoint (an empty host) is reached at this connection's host."""
+        reply = self.get_conn().execute_command("CLUSTER SLOTS")
+        masters: dict[str, dict[str, Any]] = {}
+        for entry in reply:
+            first, last, master, *replicas = entry
+            address = self._node_address(master)
+            shard = masters.setdefault(address, {"node_id": _text(master[2]) if len(master) > 2 else "",
+                                                 "slots": [], "replicas": set()})
+            shard["slots"].append((int(first), int(last)))
+            shard["replicas"].update(self._node_address(r) for r in replicas)
+        shards = [ClusterShard(address, m["node_id"], tuple(sorted(m["slots"])), tuple(sorted(m["replicas"])))
+                  for address, m in masters.items()]
+        return sorted(shards, key=lambda s: s.slots[0])
+
+    def _node_address(self, node: list[Any]) -> str:
+        host = _text(node[0])
+        if host in ("", "?"):
+            host = self.connection_kwargs["host"]
+        return f"[{host}]:{int(node[1])}" if ":" in host else f"{host}:{int(node[1])}"
 
     def stream_rdb(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Stream the server's RDB the way ``redis-cli --rdb`` gets it: REPLCONF rdb-only + SYNC.
@@ -230,6 +297,10 @@ class RedisHook(ConnectionHook):
                 pass
             time.sleep(0.05)
         raise RedisError(f"{self.describe()} did not finish loading the RDB within {timeout:g} s")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ReplicationUnavailable(RedisError):

@@ -85,12 +85,12 @@ def test_wrong_password_names_the_server(settings, context, monkeypatch):
         RedisComponent(bad).backup(context("redis"), None)
 
 
-def test_a_redis_cluster_node_is_refused_by_the_backup_and_the_restore(settings, context, backed_up,
-                                                                        restore_context, target_settings,
-                                                                        seeded_redis, monkeypatch, repo, backup_date):
-    """A real redis-server in cluster mode: its dump.rdb would hold only its slots' keys, so the backup fails
-    naming the node and the cause, before writing anything, and a restore's pre-flight check refuses it as a
-    target."""
+def test_a_cluster_node_is_not_backed_up_as_a_whole_server_nor_taken_as_a_target_without_slots(
+        settings, context, backed_up, restore_context, target_settings, seeded_redis, monkeypatch, repo, backup_date):
+    """A real redis-server in cluster mode, alone, serving no slot: backed up as a whole server (item ``all``, as
+    if the nodes had not been listed) it fails naming the node and the cause, before writing anything; as a
+    restore target, the pre-flight check says it serves none of the slots and that the backup's other dbs have
+    no place in a cluster. (A whole cluster: test_redis_cluster.py.)"""
     manifest = backed_up(RedisComponent(settings))
     # the cluster bus on a port of its own (the default, port + 10000, may not exist for a high free port)
     cluster = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()))
@@ -102,12 +102,13 @@ def test_a_redis_cluster_node_is_refused_by_the_backup_and_the_restore(settings,
             "Contents", [])}
         with pytest.raises(ComponentError, match=rf"redis\[dump.rdb\]: .*127.0.0.1:{port} is a Redis Cluster node "
                                                  r".*only the keys of that node's slots"):
-            node.backup(context("redis"), None)
+            node.backup(context("redis"), "all")
         after = {o["Key"] for o in repo.client.list_objects_v2(Bucket=repo.bucket, Prefix=f"{backup_date}/").get(
             "Contents", [])}
         assert after == before
         problems = node.preflight(restore_context(manifest, "redis", node.settings), "all")
-        assert [p for p in problems if "Redis Cluster node" in p and f":{port}" in p], problems
+        assert any(f"127.0.0.1:{port} (0 masters) serves 0 of the 16384 hash slots" in p for p in problems), problems
+        assert any("keys in db1" in p and "which has db 0 only" in p for p in problems), problems
 
 
 # -- restore ----------------------------------------------------------------------------------------------

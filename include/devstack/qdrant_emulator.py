@@ -9,7 +9,7 @@ paths, request bodies, answer envelopes (``{"result": ..., "status": "ok", "time
 Usage::
 
     python include/devstack/qdrant_emulator.py --host 127.0.0.1 --port 16333 --data-dir DIR \
-        [--api-key KEY] [--read-only-api-key KEY] [--version 1.19.0] [--refuse-snapshots] [--quiet]
+        [--api-key KEY] [--read-only-api-key KEY] [--version 1.19.0] [--refuse-snapshots] [--peers N] [--quiet]
 
 or, from Python (tests run it in a thread)::
 
@@ -25,8 +25,22 @@ Endpoints
     /collections/{name}/points/{id}``; ``POST /collections/{name}/points/{scroll,count,delete}``; ``GET
     /aliases``, ``GET /collections/{name}/aliases``, ``POST /collections/aliases``; ``GET|POST
     /collections/{name}/snapshots``, ``GET|DELETE /collections/{name}/snapshots/{snapshot}``, ``POST
-    /collections/{name}/snapshots/upload``, ``PUT /collections/{name}/snapshots/recover``. Search and query
-    endpoints are not emulated.
+    /collections/{name}/snapshots/upload``, ``PUT /collections/{name}/snapshots/recover``; ``GET /cluster``,
+    ``GET /collections/{name}/cluster``, ``GET /collections/{name}/shards/{shard}/snapshot``, ``POST
+    /collections/{name}/shards/{shard}/snapshots/upload``. Search and query endpoints are not emulated.
+
+Distributed mode (``--peers N``, or ``make_cluster``)
+    N servers, one per peer, on the same port of N loopback addresses (127.0.0.1, 127.0.0.2...), sharing one
+    store, as the peers of a cluster each serve the REST API on their own address. ``GET /cluster`` answers
+    ``enabled`` with the peers (p2p URI: the peer's address, port + 2, like 6333 and 6335) and a raft state
+    (the first peer leads); a standalone server answers ``disabled``. A collection created without
+    ``shard_number`` gets one shard per peer (Qdrant's default in a cluster); shard ``s`` is held by peers ``s``,
+    ``s + 1``... mod N, ``replication_factor`` of them, all ``Active``; a point's shard is a hash of its id, the
+    same on every server. Reads and writes through any peer see the whole collection. A collection snapshot
+    holds the points of the answering peer's shards only, and recovering one replaces only those shards. A shard
+    snapshot can be streamed from, and uploaded to, a peer holding that shard; another peer answers 400 ("Shard N
+    is not a local or queue proxy shard" for the download, "Shard N is not a local shard" for the upload, where
+    real Qdrant may instead take the data as a new local replica), an unknown shard 404 ("Not found: shard N").
 
 Behaviour kept from Qdrant
     * Every path takes an alias in place of a collection name. Deleting a missing collection answers
@@ -51,7 +65,7 @@ State on disk (``--data-dir``)
     ``collections/<name>/{collection.json, points.jsonl, wal.jsonl}`` (each change is appended to
     ``wal.jsonl`` and folded into the other two files every few thousand changes and on shutdown),
     ``snapshots/<collection>/<name>.snapshot`` plus ``<name>.snapshot.checksum`` (sha256 hex), ``tmp/`` for
-    uploads and downloads in progress.
+    uploads and downloads in progress (a streamed shard snapshot is made there and removed once sent).
 
 Snapshot files
     Named like Qdrant's: ``<collection>-<peer id>-<YYYY-MM-DD-HH-MM-SS>.snapshot`` (UTC; a second snapshot
@@ -76,6 +90,7 @@ import datetime as dt
 import hashlib
 import http.server
 import io
+import ipaddress
 import json
 import math
 import os
@@ -95,6 +110,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -1245,6 +1261,8 @@ class Store:
         self.data_dir = Path(data_dir).resolve()
         self.version = version
         self.refuse_snapshots = refuse_snapshots
+        self.cluster: Cluster | None = None  # set by make_cluster: distributed mode
+        self._closed = False
         self.lock = threading.RLock()
         self.collections_dir = self.data_dir / "collections"
         self.snapshots_dir = self.data_dir / "snapshots"
@@ -1274,8 +1292,11 @@ class Store:
                 self.files[collection.name] = files
 
     def close(self) -> None:
-        """Fold every wal into the collection files."""
+        """Fold every wal into the collection files (once: the peers of a cluster share the store)."""
         with self.lock:
+            if self._closed:
+                return
+            self._closed = True
             for name, files in self.files.items():
                 if files.wal_entries:
                     files.write_full(self.collections[name])
@@ -1350,20 +1371,54 @@ class Store:
         return {"name": path.name, "creation_time": created.isoformat(), "size": stat.st_size,
                 "checksum": checksum}
 
-    def create_snapshot(self, collection: Collection) -> dict:
-        """Write ``<collection>-<peer>-<time>.snapshot`` (tar of the emulator's own JSON state)."""
+    # -- distributed mode: which peers hold which shards
+
+    def shard_layout(self, collection: Collection) -> dict[int, list[int]]:
+        """``{shard_id: [peer ids holding a replica]}``: every shard on this peer when not distributed; in a
+        cluster, shard ``s`` on the peers ``s``, ``s+1``... (mod the peer count), ``replication_factor`` of them."""
+        shards = int(collection.config["params"].get("shard_number") or 1)
+        if self.cluster is None:
+            return {shard: [self.peer_id] for shard in range(shards)}
+        peers = self.cluster.peer_ids
+        factor = min(int(collection.config["params"].get("replication_factor") or 1), len(peers))
+        return {shard: [peers[(shard + k) % len(peers)] for k in range(factor)] for shard in range(shards)}
+
+    def local_shards(self, collection: Collection, peer_id: int) -> set[int]:
+        return {shard for shard, peers in self.shard_layout(collection).items() if peer_id in peers}
+
+    def shard_keys(self, collection: Collection, shards: set[int]) -> list[PointKey]:
+        """The ids of the points held by ``shards``, in id order."""
+        count = int(collection.config["params"].get("shard_number") or 1)
+        keys, _ = collection.sorted_keys()
+        return [key for key in keys if shard_of(key, count) in shards]
+
+    def create_snapshot(self, collection: Collection, peer_id: int | None = None,
+                        shard_id: int | None = None) -> dict:
+        """Write ``<collection>-<peer>-<time>.snapshot`` (tar of the emulator's own JSON state): the points of
+        the shards local to ``peer_id`` (all of them when not distributed); with ``shard_id``, a shard snapshot
+        ``<collection>-shard-<id>-<time>.snapshot`` of that shard only."""
         now = dt.datetime.now(dt.UTC)
-        name = f"{collection.name}-{self.peer_id}-{now.strftime('%Y-%m-%d-%H-%M-%S')}.snapshot"
-        directory = self.snapshot_dir(collection.name)
+        peer_id = self.peer_id if peer_id is None else peer_id
+        stamp = now.strftime('%Y-%m-%d-%H-%M-%S')
+        if shard_id is None:
+            name = f"{collection.name}-{peer_id}-{stamp}.snapshot"
+            shards = self.local_shards(collection, peer_id)
+            directory = self.snapshot_dir(collection.name)
+        else:
+            name = f"{collection.name}-shard-{shard_id}-{stamp}.snapshot"
+            shards = {shard_id}
+            directory = self.snapshot_dir(collection.name) / "shards" / str(shard_id)
         directory.mkdir(parents=True, exist_ok=True)
+        keys = self.shard_keys(collection, shards)
         meta = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_FORMAT_VERSION,
                 "qdrant_version": self.version, "collection": collection.name,
-                "created_at": now.isoformat().replace("+00:00", "Z"), "points_count": len(collection.points)}
+                "created_at": now.isoformat().replace("+00:00", "Z"), "points_count": len(keys),
+                "peer_id": peer_id, "shards": sorted(shards),
+                **({"shard_id": shard_id} if shard_id is not None else {})}
         config = {"config": collection.config, "payload_index": collection.payload_index,
                   "created_at": collection.created_at}
         with tempfile.TemporaryDirectory(dir=self.tmp_dir) as work:
             points_file = Path(work) / "points.jsonl"
-            keys, _ = collection.sorted_keys()
             with open(points_file, "wb") as f:
                 f.writelines(json_bytes(collection.points[key]) + b"\n" for key in keys)
             tar_tmp = Path(work) / name
@@ -1385,11 +1440,14 @@ class Store:
         atomic_write(final.with_name(final.name + ".checksum"), checksum.encode())
         return self.describe_snapshot(final)
 
-    def list_snapshots(self, collection: str) -> list[dict]:
+    def list_snapshots(self, collection: str, peer_id: int | None = None) -> list[dict]:
+        """The collection snapshots of this peer (each peer of a cluster has its own)."""
         directory = self.snapshot_dir(collection)
         if not directory.is_dir():
             return []
-        return [self.describe_snapshot(p) for p in sorted(directory.glob("*.snapshot")) if p.is_file()]
+        mine = f"{collection}-{self.peer_id if peer_id is None else peer_id}-"
+        return [self.describe_snapshot(p) for p in sorted(directory.glob("*.snapshot"))
+                if p.is_file() and (self.cluster is None or p.name.startswith(mine))]
 
     def delete_snapshot(self, collection: str, snapshot_name: str) -> None:
         path = self.snapshot_path(collection, snapshot_name)
@@ -1437,9 +1495,13 @@ class Store:
             raise service_error(f"Cannot upgrade version {snapshot_version} to {self.version}. "
                                 "Try to use older version of Qdrant first.")
 
-    def recover_from_file(self, collection_name: str, path: Path) -> None:
-        """Recover ``collection_name`` from a snapshot file: create it, or replace an existing one's data."""
-        _meta, document, points = self.read_snapshot(path)
+    def recover_from_file(self, collection_name: str, path: Path, peer_id: int | None = None) -> None:
+        """Recover ``collection_name`` from a snapshot file: create it, or replace an existing one's data. In a
+        cluster, a peer recovers the shards it holds: the points of its local shards are replaced by the
+        snapshot's points that fall in them, the other shards are left as they are."""
+        meta, document, points = self.read_snapshot(path)
+        if "shard_id" in meta:
+            raise bad_request(f"Invalid snapshot {path.name}: a shard snapshot, not a collection snapshot")
         config = document["config"]
         with self.lock:
             existing = self.collections.get(collection_name) or self.collections.get(
@@ -1459,9 +1521,74 @@ class Store:
                         f"{collection.config['params'].get('shard_number')} Snapshot shard number: "
                         f"{config['params'].get('shard_number')}")
             collection.payload_index = dict(document.get("payload_index") or {})
+            if self.cluster is not None:
+                local = self.local_shards(collection, self.peer_id if peer_id is None else peer_id)
+                count = int(collection.config["params"].get("shard_number") or 1)
+                kept = {k: v for k, v in collection.points.items() if shard_of(k, count) not in local}
+                points = {**kept, **{k: v for k, v in points.items() if shard_of(k, count) in local}}
             collection.replace_points(points)
             collection.next_operation_id()
             self.files[collection.name].write_full(collection)
+
+    def recover_shard_from_file(self, collection: Collection, shard_id: int, path: Path, peer_id: int) -> None:
+        """Replace the points of shard ``shard_id`` (held by ``peer_id``) with those of a shard snapshot."""
+        meta, document, points = self.read_snapshot(path)
+        if "shard_id" not in meta:
+            raise bad_request(f"Invalid snapshot {path.name}")
+        with self.lock:
+            if collection.name not in self.collections:
+                raise collection_not_found(collection.name)
+            layout = self.shard_layout(collection)
+            if shard_id not in layout:
+                raise not_found(f"shard {shard_id}")
+            if peer_id not in layout[shard_id]:
+                raise bad_input(f"Shard {shard_id} is not a local shard")
+            if document["config"]["params"]["vectors"] != collection.vectors:
+                raise bad_input(
+                    "Snapshot is not compatible with existing collection: Collection vectors: "
+                    f"{json.dumps(collection.vectors)} "
+                    f"Snapshot Vectors: {json.dumps(document['config']['params']['vectors'])}")
+            count = int(collection.config["params"].get("shard_number") or 1)
+            kept = {k: v for k, v in collection.points.items() if shard_of(k, count) != shard_id}
+            collection.replace_points({**kept, **points})
+            collection.next_operation_id()
+            self.files[collection.name].write_full(collection)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One peer of an emulated cluster: its id, the address its REST API listens on, its p2p URI."""
+
+    peer_id: int
+    host: str
+    port: int
+
+    @property
+    def uri(self) -> str:
+        # Qdrant's defaults: REST on 6333, p2p on 6335 (two ports up), on each peer's own address
+        return f"http://{self.host}:{self.port + 2}/"
+
+
+@dataclass
+class Cluster:
+    """The peers of an emulated cluster; the first one is the raft leader."""
+
+    peers: list[Peer]
+    commit: int = 0
+
+    @property
+    def peer_ids(self) -> list[int]:
+        return [peer.peer_id for peer in self.peers]
+
+
+def shard_of(key: PointKey, shard_number: int) -> int:
+    """The shard of a point id (the emulator's own placement: a hash of the id, stable across servers, so that
+    a collection with the same shard number puts every id in the same shard everywhere, as Qdrant's hash ring
+    does)."""
+    if shard_number <= 1:
+        return 0
+    digest = hashlib.sha256(json.dumps(key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shard_number
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
@@ -1495,12 +1622,14 @@ def check_collection_name(name: str) -> None:
 
 class Response:
     def __init__(self, status: int = 200, body: bytes = b"", content_type: str = "application/json",
-                 file_path: Path | None = None, headers: dict[str, str] | None = None) -> None:
+                 file_path: Path | None = None, headers: dict[str, str] | None = None,
+                 delete_after: bool = False) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.file_path = file_path
         self.headers = headers or {}
+        self.delete_after = delete_after  # a file made for this answer only
 
 
 class Request:
@@ -1515,6 +1644,12 @@ class Request:
     @property
     def store(self) -> Store:
         return self.handler.server.store
+
+    @property
+    def peer_id(self) -> int:
+        """The id of the peer answering: the server's own in a cluster, the store's otherwise."""
+        peer = self.handler.server.peer
+        return peer.peer_id if peer is not None else self.store.peer_id
 
     def json(self) -> Any:
         return self.handler.read_json_body()
@@ -1614,6 +1749,9 @@ def create_collection(req: Request) -> Response:
     if body.get("init_from") is not None:
         raise bad_request("init_from is not supported by the Qdrant emulator")
     config = build_collection_config(body)
+    if req.store.cluster is not None and body.get("shard_number") is None:
+        # Qdrant: "Default is 1 for standalone, otherwise equal to the number of nodes" (CreateCollection.shard_number)
+        config["params"]["shard_number"] = len(req.store.cluster.peers)
     with req.store.lock:
         req.store.create_collection(name, config)
     return req.ok(True)
@@ -2021,14 +2159,14 @@ def update_aliases(req: Request) -> Response:
 def list_snapshots(req: Request) -> Response:
     with req.store.lock:
         name = req.store.resolve_name(req.params["name"])
-        return req.ok(req.store.list_snapshots(name))
+        return req.ok(req.store.list_snapshots(name, req.peer_id))
 
 
 @route("POST", "/collections/{name}/snapshots")
 def create_snapshot(req: Request) -> Response:
     wait = req.flag("wait", True)
     with req.store.lock:
-        description = req.store.create_snapshot(req.store.resolve(req.params["name"]))
+        description = req.store.create_snapshot(req.store.resolve(req.params["name"]), req.peer_id)
     return req.ok(description) if wait else req.accepted()
 
 
@@ -2067,7 +2205,7 @@ def recover_snapshot(req: Request) -> Response:
             actual = sha256_file(path)
             if actual.lower() != checksum.lower():
                 raise bad_input(f"Snapshot checksum mismatch: expected {checksum}, got {actual}")
-        store.recover_from_file(name, path)
+        store.recover_from_file(name, path, req.peer_id)
     return req.ok(True) if wait else req.accepted()
 
 
@@ -2108,7 +2246,105 @@ def upload_snapshot(req: Request) -> Response:
         path, actual = req.handler.receive_multipart_file("snapshot", Path(work))
         if checksum is not None and actual.lower() != checksum.lower():
             raise ApiError(400, f"Checksum mismatch: expected {checksum}, actual {actual}")
-        store.recover_from_file(name, path)
+        store.recover_from_file(name, path, req.peer_id)
+    return req.ok(True) if wait else req.accepted()
+
+
+# -- distributed mode
+
+
+@route("GET", "/cluster")
+def cluster_status(req: Request) -> Response:
+    """ClusterStatus: ``disabled`` on a standalone server; the peers and raft state in a cluster."""
+    cluster = req.store.cluster
+    if cluster is None:
+        return req.ok({"status": "disabled"})
+    leader = cluster.peers[0].peer_id
+    return req.ok({
+        "status": "enabled",
+        "peer_id": req.peer_id,
+        "peers": {str(peer.peer_id): {"uri": peer.uri} for peer in cluster.peers},
+        "raft_info": {"term": 1, "commit": cluster.commit, "pending_operations": 0, "leader": leader,
+                      "role": "Leader" if req.peer_id == leader else "Follower", "is_voter": True},
+        "consensus_thread_status": {"consensus_thread_status": "working",
+                                    "last_update": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")},
+        "message_send_failures": {},
+    })
+
+
+@route("GET", "/collections/{name}/cluster")
+def collection_cluster_info(req: Request) -> Response:
+    """CollectionClusterInfo as the answering peer sees it: its local shards with their point counts, the
+    replicas other peers hold, no transfer in progress."""
+    with req.store.lock:
+        collection = req.store.resolve(req.params["name"])
+        layout = req.store.shard_layout(collection)
+        count = int(collection.config["params"].get("shard_number") or 1)
+        points: dict[int, int] = dict.fromkeys(layout, 0)
+        for key in collection.points:
+            points[shard_of(key, count)] += 1
+    me = req.peer_id
+    return req.ok({
+        "peer_id": me,
+        "shard_count": len(layout),
+        "local_shards": [{"shard_id": shard, "points_count": points[shard], "state": "Active"}
+                         for shard, peers in layout.items() if me in peers],
+        "remote_shards": [{"shard_id": shard, "peer_id": peer, "state": "Active"}
+                          for shard, peers in layout.items() for peer in peers if peer != me],
+        "shard_transfers": [],
+    })
+
+
+def _shard_param(req: Request) -> int:
+    value = req.params["shard"]
+    if not value.isdigit():
+        raise ApiError(400, f"Can not parse the path: shard_id: invalid digit found in string: {value!r}")
+    return int(value)
+
+
+def _local_shard(req: Request, collection: Collection, shard: int) -> None:
+    """Qdrant's ShardHolder checks: an unknown shard is not found; a shard of another peer is refused."""
+    layout = req.store.shard_layout(collection)
+    if shard not in layout:
+        raise not_found(f"shard {shard}")
+    if req.peer_id not in layout[shard]:
+        raise bad_input(f"Shard {shard} is not a local or queue proxy shard")
+
+
+@route("GET", "/collections/{name}/shards/{shard}/snapshot")
+def stream_shard_snapshot(req: Request) -> Response:
+    """A snapshot of one local shard, made for this request and sent as it is (not kept on the server)."""
+    shard = _shard_param(req)
+    store = req.store
+    with store.lock:
+        collection = store.resolve(req.params["name"])
+        _local_shard(req, collection, shard)
+        description = store.create_snapshot(collection, req.peer_id, shard_id=shard)
+        path = store.snapshot_dir(collection.name) / "shards" / str(shard) / description["name"]
+        spool = store.tmp_dir / f"stream-{uuid.uuid4().hex}-{path.name}"
+        os.replace(path, spool)
+        path.with_name(path.name + ".checksum").unlink(missing_ok=True)
+    return Response(200, content_type="application/octet-stream", file_path=spool, delete_after=True,
+                    headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+
+
+@route("POST", "/collections/{name}/shards/{shard}/snapshots/upload")
+def upload_shard_snapshot(req: Request) -> Response:
+    """Recover one shard of this peer from an uploaded shard snapshot (its points replace the shard's)."""
+    shard = _shard_param(req)
+    wait = req.flag("wait", True)
+    req.enum("priority", SNAPSHOT_PRIORITIES)
+    checksum = req.query.get("checksum")
+    store = req.store
+    with tempfile.TemporaryDirectory(dir=store.tmp_dir) as work:
+        path, actual = req.handler.receive_multipart_file("snapshot", Path(work))
+        if checksum is not None and actual.lower() != checksum.lower():
+            raise ApiError(400, f"Checksum mismatch: expected {checksum}, actual {actual}")
+        with store.lock:
+            collection = store.resolve(req.params["name"])
+            if shard not in store.shard_layout(collection):
+                raise not_found(f"shard {shard}")
+        store.recover_shard_from_file(collection, shard, path, req.peer_id)
     return req.ok(True) if wait else req.accepted()
 
 
@@ -2331,6 +2567,8 @@ class QdrantRequestHandler(http.server.BaseHTTPRequestHandler):
             message = f"Not found: Snapshot {response.file_path.name} not found"
             self.send(Response(404, json_bytes({"status": {"error": message}, "time": 0.0})))
             return
+        if response.delete_after:
+            response.file_path.unlink()  # the open file stays readable; nothing is left once it is sent
         with f:
             size = os.fstat(f.fileno()).st_size
             self.send_response(response.status)
@@ -2437,8 +2675,9 @@ class EmulatorServer(http.server.ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], store: Store, api_key: str | None,
-                 read_only_api_key: str | None, quiet: bool) -> None:
+                 read_only_api_key: str | None, quiet: bool, peer: Peer | None = None) -> None:
         self.store = store
+        self.peer = peer
         self.api_key = api_key or None
         self.read_only_api_key = read_only_api_key or None
         self.quiet = quiet
@@ -2463,6 +2702,56 @@ def make_server(host: str, port: int, data_dir: str | os.PathLike, api_key: str 
     return EmulatorServer((host, port), store, api_key, read_only_api_key, quiet)
 
 
+def peer_hosts(host: str, peers: int) -> list[str]:
+    """The addresses of ``peers`` peers on one machine: ``host`` and the next loopback addresses
+    (127.0.0.1, 127.0.0.2...), so that every peer has an address of its own and the same port, as the peers of a
+    real cluster do."""
+    base = ipaddress.ip_address(host)
+    return [str(base + i) for i in range(peers)]
+
+
+def make_cluster(host: str, port: int, data_dir: str | os.PathLike, peers: int, api_key: str | None = None, *,
+                 read_only_api_key: str | None = None, version: str = DEFAULT_VERSION,
+                 refuse_snapshots: bool | None = None, quiet: bool = True) -> list[EmulatorServer]:
+    """The ``peers`` servers of an emulated Qdrant cluster in distributed mode, on ``port`` of each address of
+    :func:`peer_hosts` (``port`` 0: a free one, the same on all), sharing one store: a collection's points are
+    spread over its shards, each shard held by ``replication_factor`` peers. Each server answers as its own
+    peer (``/cluster``, ``/collections/{name}/cluster``, snapshots of its local shards); the other endpoints
+    see the whole collection, as any peer of a Qdrant cluster routes them. Serve each one (``serve_forever``)."""
+    if refuse_snapshots is None:
+        refuse_snapshots = os.environ.get(REFUSE_SNAPSHOTS_ENV, "").lower() in ("1", "true", "yes", "on")
+    store = Store(data_dir, version=version, refuse_snapshots=refuse_snapshots)
+    hosts = peer_hosts(host, peers)
+    servers: list[EmulatorServer] = []
+    try:
+        for _attempt in range(20):
+            chosen = port or _free_port(hosts)
+            try:
+                for index, address in enumerate(hosts):
+                    peer = Peer(store.peer_id + index, address, chosen)
+                    servers.append(EmulatorServer((address, chosen), store, api_key, read_only_api_key, quiet, peer))
+                break
+            except OSError:
+                for server in servers:
+                    server.socket.close()
+                servers = []
+                if port:
+                    raise
+        else:
+            raise OSError(f"no port free on every one of {', '.join(hosts)}")
+    except BaseException:
+        store.close()
+        raise
+    store.cluster = Cluster([server.peer for server in servers])
+    return servers
+
+
+def _free_port(hosts: list[str]) -> int:
+    with socket.socket() as s:
+        s.bind((hosts[0], 0))
+        return s.getsockname()[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Qdrant REST API emulator (see the module docstring).")
     parser.add_argument("--host", default="127.0.0.1")
@@ -2477,8 +2766,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refuse-snapshots", action="store_true", default=None,
                         help=f"fail snapshot recover/upload like an incompatible Qdrant version would "
                              f"(also: {REFUSE_SNAPSHOTS_ENV}=1)")
+    parser.add_argument("--peers", type=int, default=0,
+                        help="run a cluster of this many peers in distributed mode, one on --port of each of "
+                             "--host, --host + 1... (127.0.0.1, 127.0.0.2...), sharing --data-dir")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     args = parser.parse_args(argv)
+    if args.peers:
+        return serve_cluster(args)
     server = make_server(args.host, args.port, args.data_dir, args.api_key,
                          read_only_api_key=args.read_only_api_key, version=args.version,
                          refuse_snapshots=args.refuse_snapshots, quiet=args.quiet)
@@ -2496,6 +2790,34 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
+    print("qdrant-emulator stopped", flush=True)
+    return 0
+
+
+def serve_cluster(args: argparse.Namespace) -> int:
+    servers = make_cluster(args.host, args.port, args.data_dir, args.peers, args.api_key,
+                           read_only_api_key=args.read_only_api_key, version=args.version,
+                           refuse_snapshots=args.refuse_snapshots, quiet=args.quiet)
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+
+    def stop(signum, frame):
+        for server in servers:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for server in servers:
+        host, port = server.server_address[:2]
+        print(f"qdrant-emulator {args.version} peer {server.peer.peer_id} listening on http://{host}:{port} "
+              f"(data: {server.store.data_dir})", flush=True)
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        for server in servers:
+            server.server_close()
     print("qdrant-emulator stopped", flush=True)
     return 0
 

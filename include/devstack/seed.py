@@ -1241,6 +1241,27 @@ def seed_redis(url_or_kwargs: str | Mapping[str, Any] | Any, scale: float = 1) -
     return counts
 
 
+def seed_redis_cluster(host: str, port: int, password: str | None = None, scale: float = 1) -> int:
+    """The whole Redis dataset (the keys of every db) written into db 0 of the Redis Cluster reached at
+    ``host:port`` (a cluster has no other db), each key on the master redis-py's cluster client says owns its
+    slot. Returns the number of keys the cluster holds."""
+    import redis
+
+    cluster = redis.RedisCluster(host=host, port=port, password=password)
+    pipes: dict[str, Any] = {}
+    try:
+        for item in redis_dataset(scale):
+            node = cluster.get_node_from_key(item.key)
+            if node.name not in pipes:
+                pipes[node.name] = cluster.get_redis_connection(node).pipeline(transaction=False)
+            _write_redis_key(pipes[node.name], item)
+        for pipe in pipes.values():
+            pipe.execute()
+        return cluster.dbsize(target_nodes=redis.RedisCluster.PRIMARIES)  # summed over the masters
+    finally:
+        cluster.close()
+
+
 def wipe_redis(url_or_kwargs: str | Mapping[str, Any] | Any) -> dict[str, int]:
     """``FLUSHALL``; returns how many keys each non-empty db held before."""
     import redis

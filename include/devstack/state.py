@@ -159,6 +159,53 @@ def spare_redis_cluster(masters: int, password: str | None = None, timeout: floa
         yield ports
 
 
+@contextmanager
+def spare_qdrant(api_key: str | None = None):
+    """A throwaway standalone Qdrant (the emulator, served by a thread on a free loopback port); yields its base
+    URL; everything is gone afterwards."""
+    import threading
+
+    from devstack.qdrant_emulator import make_server
+
+    workdir = Path(tempfile.mkdtemp(prefix="ragvault-spare-qdrant-"))
+    server = make_server("127.0.0.1", 0, workdir, api_key)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def spare_qdrant_cluster(peers: int, api_key: str | None = None):
+    """A throwaway Qdrant cluster in distributed mode: the emulator's ``peers`` servers (``make_cluster``), one
+    on the same free port of 127.0.0.1, 127.0.0.2..., sharing a temporary data directory, served by threads.
+
+    Yields the peers' base URLs (the first is the raft leader); everything is gone afterwards.
+    """
+    import threading
+
+    from devstack.qdrant_emulator import make_cluster
+
+    workdir = Path(tempfile.mkdtemp(prefix="ragvault-spare-qdrant-cluster-"))
+    servers = make_cluster("127.0.0.1", 0, workdir, peers, api_key)
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+               for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield [f"http://{s.server_address[0]}:{s.server_address[1]}" for s in servers]
+    finally:
+        for server in servers:
+            server.shutdown()
+        for server in servers:
+            server.server_close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def cluster_state(ports: list[int], password: str | None = None) -> dict[int, dict]:
     """The keys of every master of a cluster merged, as :func:`redis_state` gives them (db 0 only)."""
     import redis

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "components": {
         "qdrant": {"enabled": True, "include": [], "exclude": [], "scroll_batch": 256, "upsert_batch": 256,
-                   "upsert_parallel": 4},
+                   "upsert_parallel": 4, "peer_urls": {}},
         "mongodb": {
             "enabled": True,
             "include_databases": [],

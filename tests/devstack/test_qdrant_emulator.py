@@ -897,17 +897,21 @@ def test_multipart_parser_handles_any_chunking(piece):
                      ('form-data; name="snapshot"; filename="x"', blob)]
 
 
+@pytest.mark.parametrize("distributed", [False, True], ids=["standalone", "distributed"])
 def test_every_exchange_of_the_packages_backup_and_restore_matches_the_spec(
-    qdrant_emulator, qdrant_openapi, monkeypatch, settings, repo, backup_date
+    qdrant_emulator, qdrant_openapi, monkeypatch, settings, repo, backup_date, distributed
 ):
     """The unchanged package (QdrantComponent, qdrant-client and the hook's own requests) backs a collection up
-    from one emulator and restores it onto another; every request body it sent and every answer it got, as the
-    server saw them, is checked against Qdrant's OpenAPI document: the emulator answers the package's calls the
-    way the spec says Qdrant does."""
+    from one emulator and restores it onto another (distributed: from a cluster of three peers onto one of two,
+    shard by shard); every request body it sent and every answer it got, as the server saw them, is checked
+    against Qdrant's OpenAPI document: the emulator answers the package's calls the way the spec says Qdrant
+    does."""
+    import contextlib
     import dataclasses
 
     from devstack import seed
     from devstack.qdrant_emulator import QdrantRequestHandler
+    from devstack.state import spare_qdrant_cluster
     from ragvault.components.base import BackupContext, RestoreContext
     from ragvault.components.qdrant import QdrantComponent
     from ragvault.hooks.qdrant import QdrantHook
@@ -933,18 +937,23 @@ def test_every_exchange_of_the_packages_backup_and_restore_matches_the_spec(
     monkeypatch.setattr(QdrantRequestHandler, "read_json_body", recording_read)
     monkeypatch.setattr(QdrantRequestHandler, "send", recording_send)
 
-    def connect(name: str, emulator) -> None:
+    def connect(name: str, url: str, api_key: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
         monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}", json.dumps({
-            "conn_type": "qdrant", "host": "127.0.0.1", "port": emulator.server.server_address[1],
-            "password": emulator.api_key}))
+            "conn_type": "qdrant", "host": host, "port": int(port), "password": api_key}))
 
     def using(conn_id: str):
         data = {**settings.data, "connections": {**settings.data["connections"], "qdrant": conn_id}}
         return dataclasses.replace(settings, data=data)
 
-    source, target = qdrant_emulator(), qdrant_emulator()
-    connect("qdrant_spec_source", source)
-    connect("qdrant_spec_target", target)
+    stack = contextlib.ExitStack()
+    if distributed:
+        connect("qdrant_spec_source", stack.enter_context(spare_qdrant_cluster(3, api_key="k"))[0], "k")
+        connect("qdrant_spec_target", stack.enter_context(spare_qdrant_cluster(2, api_key="k"))[1], "k")
+    else:
+        source, target = qdrant_emulator(), qdrant_emulator()
+        connect("qdrant_spec_source", source.url, source.api_key)
+        connect("qdrant_spec_target", target.url, target.api_key)
     seeded = seed.seed_qdrant(QdrantHook("qdrant_spec_source").client)
     collection = sorted(seeded)[0]
     backup = QdrantComponent(using("qdrant_spec_source"))
@@ -953,8 +962,10 @@ def test_every_exchange_of_the_packages_backup_and_restore_matches_the_spec(
     manifest = repo.build_manifest(backup_date, [result], {"run_id": "spec", "at": "2026-12-04T00:00:00Z"})
     restorer = QdrantComponent(using("qdrant_spec_target"))
     ctx = RestoreContext(repo=repo, manifest=manifest, component="qdrant", settings=restorer.settings)
-    assert restorer.restore(ctx, collection)["points"] == seeded[collection]
-    assert restorer.verify_restore(ctx, collection) == []
+    with stack:
+        restored = restorer.restore(ctx, collection)
+        assert restored["points"] == seeded[collection] and restored["rebuilt_from_export"] == 0
+        assert restorer.verify_restore(ctx, collection) == []
 
     templates = sorted(qdrant_openapi.doc["paths"], key=lambda t: (t.count("{"), t))  # literal paths first
     patterns = [(t, re.compile("^" + "".join("[^/]+" if part.startswith("{") else re.escape(part)
@@ -971,12 +982,108 @@ def test_every_exchange_of_the_packages_backup_and_restore_matches_the_spec(
         answer.headers["Content-Type"] = exchange["content_type"]
         answer._content = b"" if exchange["file"] else exchange["body"]
         qdrant_openapi.validate_response(exchange["method"], template, answer)
-    assert {
-        ("GET", "/collections/{collection_name}"),
-        ("POST", "/collections/{collection_name}/snapshots"),
-        ("GET", "/collections/{collection_name}/snapshots/{snapshot_name}"),
-        ("DELETE", "/collections/{collection_name}/snapshots/{snapshot_name}"),
-        ("POST", "/collections/{collection_name}/points/scroll"),
-        ("POST", "/collections/{collection_name}/points/count"),
-        ("POST", "/collections/{collection_name}/snapshots/upload"),
-    } <= used, sorted(used)
+    both = {("GET", "/cluster"), ("GET", "/collections/{collection_name}"),
+            ("POST", "/collections/{collection_name}/points/scroll"),
+            ("POST", "/collections/{collection_name}/points/count")}
+    if distributed:
+        assert both | {
+            ("GET", "/collections/{collection_name}/cluster"),
+            ("GET", "/collections/{collection_name}/shards/{shard_id}/snapshot"),
+            ("POST", "/collections/{collection_name}/shards/{shard_id}/snapshots/upload"),
+            ("PUT", "/collections/{collection_name}"),
+        } <= used, sorted(used)
+        assert ("POST", "/collections/{collection_name}/snapshots") not in used
+    else:
+        assert both | {
+            ("POST", "/collections/{collection_name}/snapshots"),
+            ("GET", "/collections/{collection_name}/snapshots/{snapshot_name}"),
+            ("DELETE", "/collections/{collection_name}/snapshots/{snapshot_name}"),
+            ("POST", "/collections/{collection_name}/snapshots/upload"),
+        } <= used, sorted(used)
+
+
+# -- distributed mode ---------------------------------------------------------------------------------------------
+CLUSTER = "/cluster"
+COLLECTION_CLUSTER = "/collections/{collection_name}/cluster"
+SHARD_SNAPSHOT = "/collections/{collection_name}/shards/{shard_id}/snapshot"
+SHARD_UPLOAD = "/collections/{collection_name}/shards/{shard_id}/snapshots/upload"
+
+
+def snapshot_point_ids(blob: bytes) -> list:
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        return [json.loads(line)["id"] for line in tar.extractfile("points.jsonl").read().splitlines()]
+
+
+def test_distributed_mode_answers_as_each_peer(qdrant_emulator, qdrant_api):
+    """``--peers 3``: one store, three peers on their own addresses and one port. Grounded in Qdrant's sources:
+    ``GET /cluster`` is ``ClusterStatus`` (``disabled`` on a standalone server); a collection created without
+    ``shard_number`` gets one shard per peer (``CreateCollection.shard_number``: "Default is 1 for standalone,
+    otherwise equal to the number of nodes"); ``lib/collection/src/shards/shard_holder`` refuses a shard held by
+    another peer ("Shard N is not a local or queue proxy shard", 400) and an unknown one ("Not found: shard N",
+    404); the shard snapshot streamed by ``src/actix/api/snapshot_api.rs`` holds that shard only; a collection
+    snapshot holds the data of the node it is taken on (Qdrant's snapshot documentation)."""
+    from devstack.state import spare_qdrant_cluster
+
+    assert qdrant_emulator().api().result("GET", CLUSTER) == {"status": "disabled"}
+    with spare_qdrant_cluster(3, api_key="k") as urls:
+        apis = [qdrant_api(url, "k") for url in urls]
+        statuses = [api.result("GET", CLUSTER) for api in apis]
+        ids = [status["peer_id"] for status in statuses]
+        assert len(set(ids)) == 3 and all(status["status"] == "enabled" for status in statuses)
+        assert all(set(status["peers"]) == {str(i) for i in ids} for status in statuses)
+        port = int(urls[0].rsplit(":", 1)[1])  # every peer serves one port; p2p two above, as 6333 and 6335
+        assert urls == [f"http://127.0.0.{n}:{port}" for n in (1, 2, 3)]
+        assert [statuses[0]["peers"][str(i)]["uri"] for i in ids] == [f"http://127.0.0.{n}:{port + 2}/"
+                                                                       for n in (1, 2, 3)]
+        assert [s["raft_info"]["role"] for s in statuses] == ["Leader", "Follower", "Follower"]
+
+        name = {"collection_name": "spread"}
+        apis[0].result("PUT", COLLECTION, path=name, json={"vectors": {"size": 2, "distance": "Dot"}})
+        points = [{"id": i, "vector": [float(i), 1.0], "payload": {"i": i}} for i in range(90)]
+        apis[1].result("PUT", POINTS, path=name, params={"wait": "true"}, json={"points": points})
+        assert apis[2].result("GET", COLLECTION, path=name)["config"]["params"]["shard_number"] == 3
+        layouts = [api.result("GET", COLLECTION_CLUSTER, path=name) for api in apis]
+        holders = {}
+        for layout, peer in zip(layouts, ids, strict=True):
+            assert layout["peer_id"] == peer and layout["shard_count"] == 3 and layout["shard_transfers"] == []
+            assert len(layout["local_shards"]) == 1 and len(layout["remote_shards"]) == 2
+            holders[layout["local_shards"][0]["shard_id"]] = peer
+        assert sorted(holders) == [0, 1, 2]
+        assert sum(layout["local_shards"][0]["points_count"] for layout in layouts) == 90
+        # every peer answers reads of the whole collection
+        assert all(len(api.scroll_all("spread", page_size=40)) == 90 for api in apis)
+
+        seen = set()
+        for index, layout in enumerate(layouts):
+            shard = layout["local_shards"][0]
+            blob = apis[index].request("GET", SHARD_SNAPSHOT, path={**name, "shard_id": shard["shard_id"]}).content
+            shard_ids = snapshot_point_ids(blob)
+            assert len(shard_ids) == shard["points_count"] and not seen & set(shard_ids)
+            seen |= set(shard_ids)
+            other = layout["remote_shards"][0]["shard_id"]
+            assert apis[index].error("GET", SHARD_SNAPSHOT, 400, path={**name, "shard_id": other}) == (
+                f"Wrong input: Shard {other} is not a local or queue proxy shard")
+            # a collection snapshot taken on a peer holds that peer's shard only
+            description = apis[index].result("POST", SNAPSHOTS, path=name)
+            assert description["name"].startswith(f"spread-{layout['peer_id']}-")
+            taken = apis[index].request("GET", SNAPSHOT, path={**name, "snapshot_name": description["name"]}).content
+            assert sorted(snapshot_point_ids(taken)) == sorted(shard_ids)
+            assert [s["name"] for s in apis[index].result("GET", SNAPSHOTS, path=name)] == [description["name"]]
+        assert seen == set(range(90))
+        assert apis[0].error("GET", SHARD_SNAPSHOT, 404, path={**name, "shard_id": 7}) == "Not found: shard 7"
+
+        # a shard snapshot uploaded to its peer replaces that shard's points and no other
+        shard, peer_index = 0, ids.index(holders[0])
+        blob = apis[peer_index].request("GET", SHARD_SNAPSHOT, path={**name, "shard_id": shard}).content
+        apis[0].result("POST", DELETE_POINTS, path=name, params={"wait": "true"}, json={"points": list(range(90))})
+        assert apis[0].result("POST", COUNT, path=name, json={"exact": True})["count"] == 0
+        answer = apis[peer_index].result("POST", SHARD_UPLOAD, path={**name, "shard_id": shard},
+                                         params={"priority": "snapshot", "checksum": hashlib.sha256(blob).hexdigest()},
+                                         files={"snapshot": ("s.snapshot", blob)})
+        assert answer is True
+        restored = sorted(p["id"] for p in apis[2].scroll_all("spread", page_size=50))
+        assert restored == sorted(snapshot_point_ids(blob))
+        not_holder = (peer_index + 1) % 3
+        assert apis[not_holder].error("POST", SHARD_UPLOAD, 400, path={**name, "shard_id": shard},
+                                      files={"snapshot": ("s.snapshot", blob)}) == (
+            f"Wrong input: Shard {shard} is not a local shard")

@@ -14,11 +14,21 @@ For each collection the backup writes, under ``<date>/qdrant/``:
     every point, one JSON object a line ``{"id": ..., "vector": ..., "payload": ...}`` with all its
     vectors, paged through the scroll API: readable without Qdrant and a rebuild path of its own.
 
+``shards/<collection>/<shard id>.snapshot``
+    in distributed mode (``GET /cluster`` says ``enabled``) instead of the collection snapshot, which a peer
+    takes of its own shards only: one snapshot per shard, streamed from a peer holding an active replica of it
+    (``GET /collections/<name>/shards/<id>/snapshot``). The item's details record the layout: the peers, the
+    shard count and, per shard, the replicas and their states, the peer it was read from, its SHA-256.
+
 Restore uploads each snapshot (streamed, with Qdrant's checksum, ``priority=snapshot``) and recreates the
-aliases: the collection comes back exactly. When the target refuses the snapshot (another Qdrant version,
-say), the collection is rebuilt from the config (params, HNSW, quantization, optimizer and WAL config,
-payload indexes) and the export's points; Qdrant renormalises Cosine vectors on upsert, so those may then
-differ in the last float32 digit.
+aliases: the collection comes back exactly. A backup of shards is restored shard by shard: the collection is
+created with the backup's shard number and replication factor, and each shard snapshot is uploaded to every
+peer of the target that holds a replica of that shard (a standalone server holds them all); a target that
+lays the collection out with other shard ids gets the export instead. A collection snapshot is never uploaded
+to a cluster (it would land on one peer's shards only): there the collection is rebuilt from the export.
+When the target refuses a snapshot (another Qdrant version, say), the collection is rebuilt from the config
+(params, HNSW, quantization, optimizer and WAL config, payload indexes) and the export's points; Qdrant
+renormalises Cosine vectors on upsert, so those may then differ in the last float32 digit.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from ragvault.components.base import BackupContext, Component, ComponentError, RestoreContext
 from ragvault.config import select
@@ -58,11 +69,19 @@ class QdrantComponent(Component):
         ctx.log.info("qdrant %s: collection %s, %s points, aliases %s",
                      version, collection, info.get("points_count"), aliases or "none")
 
+        cluster = hook.cluster_status()
+        # distributed mode: the shards and the peers to read them from, checked before anything is written
+        plan = self._shard_plan(ctx, hook, collection, cluster) if cluster.get("status") == "enabled" else None
+
         config_doc = {"collection": collection, "info": info, "aliases": aliases, "server_version": version}
         config = ctx.put_artifact(f"config/{collection}.json", json.dumps(config_doc, indent=2).encode(),
                                   content_type="application/json")
 
-        snapshot, snapshot_details = self._snapshot(ctx, hook, collection)
+        if plan is not None:
+            snapshots, snapshot_details = self._shard_snapshots(ctx, hook, collection, plan)
+        else:
+            snapshot, snapshot_details = self._snapshot(ctx, hook, collection)
+            snapshots = [snapshot]
 
         batch = int(self.config.get("scroll_batch", 256))
         with ctx.open_artifact(f"export/{collection}.jsonl", compression="zstd",
@@ -84,7 +103,7 @@ class QdrantComponent(Component):
             captured_at=captured_at,
             source_version=version,
             counts={"collections": 1, "points": exported, "aliases": len(aliases)},
-            artifacts=[snapshot, config, writer.artifact],
+            artifacts=[*snapshots, config, writer.artifact],
             details={**snapshot_details, "aliases": aliases},
         )
 
@@ -110,6 +129,70 @@ class QdrantComponent(Component):
                 ctx.log.warning("qdrant %s: could not delete server-side snapshot %s: %s",
                                 collection, description.name, exc)
         return artifact, {"snapshot_name": description.name, "snapshot_checksum": description.checksum}
+
+    def peer_hook(self, hook: QdrantHook, uri: str) -> QdrantHook:
+        """The REST API of the peer whose p2p URI is ``uri``: ``components.qdrant.peer_urls[uri]`` when set,
+        else that peer's host with the connection's scheme, port and prefix (every peer of a cluster serves
+        its REST API on the same port, 6333 by default)."""
+        overrides = self.config.get("peer_urls") or {}
+        url = overrides.get(uri) or overrides.get(uri.rstrip("/"))
+        if not url:
+            peer, own = urlsplit(uri), urlsplit(hook.base_url)
+            host = f"[{peer.hostname}]" if ":" in (peer.hostname or "") else peer.hostname
+            url = f"{own.scheme}://{host}{':' + str(own.port) if own.port else ''}{own.path}"
+        return hook.for_url(url)
+
+    def _shard_plan(self, ctx: BackupContext, hook: QdrantHook, collection: str,
+                    cluster: dict[str, Any]) -> dict[str, Any]:
+        """Distributed mode: each shard's replicas and the peer to read it from (one holding an active replica,
+        the connection's own peer when it does)."""
+        layout = hook.collection_cluster(collection)
+        me = str(layout["peer_id"])
+        replicas: dict[int, dict[str, str]] = {}
+        keys: dict[int, Any] = {}
+        for shard in layout["local_shards"]:
+            replicas.setdefault(shard["shard_id"], {})[me] = shard["state"]
+            keys[shard["shard_id"]] = shard.get("shard_key")
+        for shard in layout["remote_shards"]:
+            replicas.setdefault(shard["shard_id"], {})[str(shard["peer_id"])] = shard["state"]
+            keys.setdefault(shard["shard_id"], shard.get("shard_key"))
+        if any(key is not None for key in keys.values()):
+            raise ComponentError(self.name, collection, "its shards have shard keys (custom sharding), which this "
+                                 "package does not back up yet; nothing was written for it")
+        if layout.get("shard_transfers"):
+            ctx.log.warning("qdrant %s: shard transfers in progress: %s", collection, layout["shard_transfers"])
+        peers = {str(peer_id): info["uri"] for peer_id, info in cluster["peers"].items()}
+        sources = {}
+        for shard_id, states in sorted(replicas.items()):
+            active = sorted(peer for peer, state in states.items() if state == "Active")
+            if not active:
+                raise ComponentError(self.name, collection, f"shard {shard_id} has no active replica ({states}): "
+                                     "its data cannot be read consistently; nothing was written for it")
+            sources[shard_id] = me if me in active else active[0]
+        ctx.log.info("qdrant %s: distributed mode, %d shards on %d peers: %s", collection, len(replicas), len(peers),
+                     "; ".join(f"shard {s}: {', '.join(f'{p} {st}' for p, st in r.items())}"
+                               for s, r in sorted(replicas.items())))
+        return {"layout": layout, "me": me, "peers": peers, "replicas": replicas, "sources": sources}
+
+    def _shard_snapshots(self, ctx: BackupContext, hook: QdrantHook, collection: str, plan: dict[str, Any]):
+        """One snapshot per shard, streamed from the peer the plan chose for it."""
+        artifacts, shards = [], {}
+        for shard_id, source in plan["sources"].items():
+            peer = hook if source == plan["me"] else self.peer_hook(hook, plan["peers"][source])
+            try:
+                with ctx.open_artifact(f"shards/{collection}/{shard_id}.snapshot") as writer:
+                    writer.write_all(peer.stream_shard_snapshot(collection, shard_id))
+            except QdrantError as exc:
+                raise ComponentError(self.name, collection, f"shard {shard_id} from peer {source} "
+                                     f"({peer.base_url}): {exc}") from exc
+            artifacts.append(writer.artifact)
+            shards[str(shard_id)] = {"replicas": plan["replicas"][shard_id], "from_peer": source,
+                                     "sha256": writer.written_sha256}
+            ctx.log.info("qdrant %s: shard %d streamed from peer %s (%s)", collection, shard_id, source,
+                         peer.base_url)
+        layout = plan["layout"]
+        return artifacts, {"cluster": {"peer_id": layout["peer_id"], "peers": plan["peers"],
+                                       "shard_count": layout["shard_count"], "shards": shards}}
 
     @staticmethod
     def _scroll(hook: QdrantHook, collection: str, batch: int) -> Iterator[dict[str, Any]]:
@@ -147,6 +230,65 @@ class QdrantComponent(Component):
     def restore(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         hook = self.hook()
         config = json.loads(b"".join(ctx.read(ctx.artifact(item, f"config/{item}.json"))))
+        layout = (ctx.item(item).get("details") or {}).get("cluster")
+        rebuilt = 0
+        if layout is not None:
+            rebuilt = self._restore_shards(ctx, hook, item, config["info"], layout)
+        elif hook.cluster_status().get("status") == "enabled":
+            ctx.log.info("qdrant %s: the target is a cluster, where a collection snapshot would restore the shards "
+                         "of one peer only: rebuilding the collection from its config and the points export", item)
+            self._rebuild(ctx, hook, item, config["info"])
+            rebuilt = 1
+        else:
+            rebuilt = self._restore_snapshot(ctx, hook, item, config["info"])
+        self._recreate_aliases(hook, item, config["aliases"])
+        points = hook.client.count(item, exact=True).count
+        ctx.log.info("qdrant %s: %d points, aliases %s%s", item, points, config["aliases"] or "none",
+                     " (rebuilt from the export)" if rebuilt else "")
+        return {"points": points, "aliases": len(config["aliases"]), "rebuilt_from_export": rebuilt}
+
+    def _restore_shards(self, ctx: RestoreContext, hook: QdrantHook, item: str, info: dict[str, Any],
+                        layout: dict[str, Any]) -> int:
+        """A backup of shards: the collection created as it was (shard number, replication factor, indexes),
+        each shard snapshot uploaded to every peer of the target holding a replica of it. Returns 1 when the
+        target took the export instead."""
+        self._create(hook, item, info)
+        target = hook.collection_cluster(item)
+        status = hook.cluster_status()
+        peers = {str(p): i["uri"] for p, i in (status.get("peers") or {}).items()}
+        me = str(target["peer_id"])
+        holders: dict[int, list[str]] = {}
+        for shard in target["local_shards"]:
+            holders.setdefault(shard["shard_id"], []).append(me)
+        for shard in target["remote_shards"]:
+            holders.setdefault(shard["shard_id"], []).append(str(shard["peer_id"]))
+        backed_up = sorted(int(s) for s in layout["shards"])
+        if sorted(holders) != backed_up:
+            ctx.log.warning("qdrant %s: the target laid the collection out in shards %s, the backup holds shards "
+                            "%s: rebuilding it from the points export instead", item, sorted(holders), backed_up)
+            self._rebuild(ctx, hook, item, info)
+            return 1
+        for shard_id in backed_up:
+            artifact = ctx.artifact(item, f"shards/{item}/{shard_id}.snapshot")
+            size = artifact.get("raw_size") or artifact["size"]
+            checksum = layout["shards"][str(shard_id)].get("sha256")
+            for peer_id in sorted(holders[shard_id]):
+                peer = hook if peer_id == me else self.peer_hook(hook, peers[peer_id])
+                try:
+                    peer.upload_shard_snapshot(item, shard_id, ctx.read(artifact), size, checksum=checksum)
+                except QdrantError as exc:
+                    if exc.status is None:
+                        raise
+                    ctx.log.warning("qdrant %s: peer %s refused shard %d (%s); rebuilding the collection from its "
+                                    "config and the points export instead", item, peer_id, shard_id, exc)
+                    self._rebuild(ctx, hook, item, info)
+                    return 1
+                ctx.log.info("qdrant %s: shard %d (%d bytes) restored on peer %s (%s)", item, shard_id, size,
+                             peer_id, peer.base_url)
+        return 0
+
+    def _restore_snapshot(self, ctx: RestoreContext, hook: QdrantHook, item: str, info: dict[str, Any]) -> int:
+        """The collection snapshot uploaded; the export when the server refuses it. Returns 1 if rebuilt."""
         snapshot = ctx.artifact(item, f"snapshots/{item}.snapshot")
         rebuilt = 0
         try:
@@ -160,15 +302,18 @@ class QdrantComponent(Component):
                 raise
             ctx.log.warning("qdrant %s: the server refused the snapshot (%s); rebuilding the collection from its "
                             "config and the points export instead", item, exc)
-            self._rebuild(ctx, hook, item, config["info"])
+            self._rebuild(ctx, hook, item, info)
             rebuilt = 1
-        self._recreate_aliases(hook, item, config["aliases"])
-        points = hook.client.count(item, exact=True).count
-        ctx.log.info("qdrant %s: %d points, aliases %s%s", item, points, config["aliases"] or "none",
-                     " (rebuilt from the export)" if rebuilt else "")
-        return {"points": points, "aliases": len(config["aliases"]), "rebuilt_from_export": rebuilt}
+        return rebuilt
 
     def _rebuild(self, ctx: RestoreContext, hook: QdrantHook, item: str, info: dict[str, Any]) -> None:
+        self._create(hook, item, info)
+        self._upsert_export(ctx, hook, item)
+
+    @staticmethod
+    def _create(hook: QdrantHook, item: str, info: dict[str, Any]) -> None:
+        """The collection (re)created empty from its backed-up config: params, HNSW, optimizer, WAL,
+        quantization, payload indexes."""
         config = info["config"]
         params = config["params"]
         keys = ("vectors", "sparse_vectors", "shard_number", "replication_factor", "write_consistency_factor",
@@ -185,6 +330,8 @@ class QdrantComponent(Component):
             field_schema = schema.get("params") or schema["data_type"]
             hook.request("PUT", f"/collections/{item}/index", params={"wait": "true"},
                          json={"field_name": field_name, "field_schema": field_schema})
+
+    def _upsert_export(self, ctx: RestoreContext, hook: QdrantHook, item: str) -> None:
         export = ctx.artifact(item, f"export/{item}.jsonl.zst")
         size, parallel = int(self.config.get("upsert_batch", 256)), int(self.config.get("upsert_parallel", 4))
 

@@ -87,9 +87,46 @@ class QdrantHook(ConnectionHook):
     def server_version(self) -> str | None:
         return self.request("GET", "/").get("version")
 
+    # -- distributed mode ---------------------------------------------------------------------------------
+    def for_url(self, url: str) -> QdrantHook:
+        """A hook on another peer of the cluster (its REST API at ``url``), with this connection's API key."""
+        peer = QdrantHook(self.qdrant_conn_id, timeout=self.timeout)
+        peer.__dict__.update(connection=self.connection, base_url=url.rstrip("/"), api_key=self.api_key)
+        return peer
+
+    def cluster_status(self) -> dict[str, Any]:
+        """``GET /cluster``: ``{"status": "disabled"}`` on a standalone server; in distributed mode this peer's
+        id, the peers (``{id: {"uri": p2p URI}}``) and the raft state. A server (or a proxy in front of it) that
+        answers 404 there is taken as standalone, and the log says so."""
+        try:
+            return self.request("GET", "/cluster")
+        except QdrantError as exc:
+            if exc.status != 404:
+                raise
+            self.log.warning("qdrant: %s/cluster answered 404; taking the server as standalone (a cluster's "
+                             "collection snapshots would hold one peer's shards only)", self.base_url)
+            return {"status": "disabled"}
+
+    def collection_cluster(self, collection: str) -> dict[str, Any]:
+        """``GET /collections/{name}/cluster``: the shards this peer holds, and the replicas the others hold."""
+        return self.request("GET", f"/collections/{collection}/cluster")
+
+    def stream_shard_snapshot(self, collection: str, shard_id: int,
+                              chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """A snapshot of one shard this peer holds, streamed as the server makes it (nothing kept there)."""
+        return self._download(f"{self.base_url}/collections/{collection}/shards/{shard_id}/snapshot", chunk_size)
+
+    def upload_shard_snapshot(self, collection: str, shard_id: int, chunks: Iterator[bytes], size: int, *,
+                              checksum: str | None = None, priority: str = "snapshot") -> Any:
+        """Recover one shard this peer holds from snapshot bytes streamed in a multipart upload."""
+        return self._upload(f"/collections/{collection}/shards/{shard_id}/snapshots/upload",
+                            f"{collection}-shard-{shard_id}.snapshot", chunks, size, checksum, priority)
+
     def iter_snapshot(self, collection: str, snapshot: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Stream a collection snapshot's bytes from the server."""
-        url = f"{self.base_url}/collections/{collection}/snapshots/{snapshot}"
+        return self._download(f"{self.base_url}/collections/{collection}/snapshots/{snapshot}", chunk_size)
+
+    def _download(self, url: str, chunk_size: int) -> Iterator[bytes]:
         try:
             with self.session.get(url, stream=True, timeout=self.timeout) as response:
                 if response.status_code >= 400:
@@ -108,13 +145,18 @@ class QdrantHook(ConnectionHook):
         :param checksum: the snapshot's SHA-256; Qdrant refuses the upload when the bytes do not match it.
         :param priority: ``snapshot`` (the snapshot's data wins), ``replica`` or ``no_sync``.
         """
+        return self._upload(f"/collections/{collection}/snapshots/upload", f"{collection}.snapshot", chunks, size,
+                            checksum, priority)
+
+    def _upload(self, path: str, filename: str, chunks: Iterator[bytes], size: int, checksum: str | None,
+                priority: str) -> Any:
         boundary = uuid.uuid4().hex
         head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"snapshot\"; "
-                f"filename=\"{collection}.snapshot\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+                f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         body = _StreamBody(itertools.chain([head], chunks, [tail]), len(head) + size + len(tail))
         params = {"priority": priority, "wait": "true", **({"checksum": checksum} if checksum else {})}
-        return self.request("POST", f"/collections/{collection}/snapshots/upload", params=params, data=body,
+        return self.request("POST", path, params=params, data=body,
                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 

@@ -23,22 +23,7 @@ SLOTS = 16384
 
 
 def seed_cluster(port: int, password: str | None = PASSWORD, scale: float = 2) -> int:
-    """The seed's whole Redis dataset (every db's keys) written into db 0 of the cluster reached at ``port``,
-    each key through the master redis-py's own cluster client says owns its slot. Returns the number of keys."""
-    cluster = redis.RedisCluster(host="127.0.0.1", port=port, password=password)
-    pipes = {}
-    try:
-        for item in seed.redis_dataset(scale):
-            node = cluster.get_node_from_key(item.key)
-            pipe = pipes.get(node.name)
-            if pipe is None:
-                pipe = pipes[node.name] = cluster.get_redis_connection(node).pipeline(transaction=False)
-            seed._write_redis_key(pipe, item)
-        for pipe in pipes.values():
-            pipe.execute()
-        return cluster.dbsize(target_nodes=redis.RedisCluster.PRIMARIES)  # summed over the masters
-    finally:
-        cluster.close()
+    return seed.seed_redis_cluster("127.0.0.1", port, password=password, scale=scale)
 
 
 def connect(monkeypatch, target_settings, conn_id: str, port: int, password: str | None = PASSWORD):
@@ -262,3 +247,18 @@ def test_the_ingestion_flag_reaches_the_master_of_its_slot(monkeypatch, target_s
     assert len({found[0] for found in owners.values()}) > 1
     for key in keys:
         client.delete(key)
+
+
+def test_a_drill_of_a_cluster_backup_runs_on_the_standalone_scratch_server(cluster_backup, monkeypatch,
+                                                                          target_settings, repo):
+    """The restore drill restores each node of the backup into its scratch Redis (``redis_drill``, a standalone
+    server), compares each against the backup, and empties it again."""
+    from ragvault.drill import DrillSettings, drill_component
+    from ragvault.hooks.redis import RedisHook
+
+    manifest, state = cluster_backup
+    settings = target_settings("redis", "redis_cluster_source")
+    result = drill_component(repo, manifest, "redis", settings, DrillSettings.from_settings(settings))
+    assert result["problems"] == [] and result["items"] == 3 and result["equal"] == 3, result
+    assert result["how"] == "scratch server"
+    assert RedisHook("redis_drill").get_conn().dbsize() == 0

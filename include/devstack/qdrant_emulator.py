@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -2240,14 +2241,22 @@ def upload_snapshot(req: Request) -> Response:
     check_collection_name(name)
     wait = req.flag("wait", True)
     req.enum("priority", SNAPSHOT_PRIORITIES)
-    checksum = req.query.get("checksum")
     store = req.store
-    with tempfile.TemporaryDirectory(dir=store.tmp_dir) as work:
+    with received_snapshot(req) as path:
+        store.recover_from_file(name, path, req.peer_id)
+    return req.ok(True) if wait else req.accepted()
+
+
+@contextlib.contextmanager
+def received_snapshot(req: Request) -> Iterator[Path]:
+    """The uploaded multipart ``snapshot`` in a temporary file, checked against the ``checksum`` query parameter;
+    gone when the block ends."""
+    checksum = req.query.get("checksum")
+    with tempfile.TemporaryDirectory(dir=req.store.tmp_dir) as work:
         path, actual = req.handler.receive_multipart_file("snapshot", Path(work))
         if checksum is not None and actual.lower() != checksum.lower():
             raise ApiError(400, f"Checksum mismatch: expected {checksum}, actual {actual}")
-        store.recover_from_file(name, path, req.peer_id)
-    return req.ok(True) if wait else req.accepted()
+        yield path
 
 
 # -- distributed mode
@@ -2334,12 +2343,8 @@ def upload_shard_snapshot(req: Request) -> Response:
     shard = _shard_param(req)
     wait = req.flag("wait", True)
     req.enum("priority", SNAPSHOT_PRIORITIES)
-    checksum = req.query.get("checksum")
     store = req.store
-    with tempfile.TemporaryDirectory(dir=store.tmp_dir) as work:
-        path, actual = req.handler.receive_multipart_file("snapshot", Path(work))
-        if checksum is not None and actual.lower() != checksum.lower():
-            raise ApiError(400, f"Checksum mismatch: expected {checksum}, actual {actual}")
+    with received_snapshot(req) as path:
         with store.lock:
             collection = store.resolve(req.params["name"])
             if shard not in store.shard_layout(collection):

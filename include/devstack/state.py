@@ -264,27 +264,31 @@ def spare_ferretdb():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def qdrant_state(hook) -> dict:
-    """``{collection: {config, payload_schema, aliases, points: {id: point}}}`` of a Qdrant (a QdrantHook)."""
+def qdrant_points(hook, name: str, page_size: int = 256) -> dict[str, dict]:
+    """Every point of a collection (a QdrantHook's scroll pages), by its JSON-encoded id."""
     import json
 
+    points, offset = {}, None
+    while True:
+        body = {"limit": page_size, "with_payload": True, "with_vector": True, **({"offset": offset} if offset else {})}
+        page = hook.request("POST", f"/collections/{name}/points/scroll", json=body)
+        points.update({json.dumps(p["id"]): p for p in page["points"]})
+        offset = page.get("next_page_offset")
+        if offset is None:
+            return points
+
+
+def qdrant_state(hook) -> dict:
+    """``{collection: {config, payload_schema, aliases, points: {id: point}}}`` of a Qdrant (a QdrantHook)."""
     state = {}
     for collection in hook.client.get_collections().collections:
         name = collection.name
         info = hook.request("GET", f"/collections/{name}")
-        points, offset = {}, None
-        while True:
-            body = {"limit": 256, "with_payload": True, "with_vector": True, **({"offset": offset} if offset else {})}
-            page = hook.request("POST", f"/collections/{name}/points/scroll", json=body)
-            points.update({json.dumps(p["id"]): p for p in page["points"]})
-            offset = page.get("next_page_offset")
-            if offset is None:
-                break
         state[name] = {
             "config": info["config"],
             "payload_schema": {k: v.get("data_type") for k, v in (info.get("payload_schema") or {}).items()},
             "aliases": sorted(a.alias_name for a in hook.client.get_collection_aliases(name).aliases),
-            "points": points,
+            "points": qdrant_points(hook, name),
         }
     return state
 

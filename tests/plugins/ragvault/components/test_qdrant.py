@@ -10,6 +10,7 @@ import tarfile
 import pytest
 
 from devstack import seed
+from devstack.state import qdrant_points
 from ragvault.components.qdrant import QdrantComponent, same_vectors
 from ragvault.hooks.qdrant import QdrantHook
 
@@ -26,14 +27,7 @@ def seeded_qdrant(qdrant_hook):
 
 
 def all_points(hook: QdrantHook, collection: str) -> dict:
-    points, offset = {}, None
-    while True:
-        body = {"limit": 50, "with_payload": True, "with_vector": True, **({"offset": offset} if offset else {})}
-        page = hook.request("POST", f"/collections/{collection}/points/scroll", json=body)
-        points.update({json.dumps(p["id"]): p for p in page["points"]})
-        offset = page.get("next_page_offset")
-        if offset is None:
-            return points
+    return qdrant_points(hook, collection, page_size=50)
 
 
 def test_lists_collections_with_include_exclude(settings, seeded_qdrant):

@@ -19,7 +19,7 @@ from io import BytesIO
 import pytest
 
 from devstack import seed
-from devstack.state import spare_qdrant, spare_qdrant_cluster
+from devstack.state import qdrant_points, spare_qdrant, spare_qdrant_cluster
 from ragvault.components.base import BackupContext, ComponentError
 from ragvault.components.qdrant import QdrantComponent, same_vectors
 from ragvault.hooks.qdrant import QdrantHook
@@ -36,21 +36,10 @@ def connect(monkeypatch, target_settings, conn_id: str, url: str) -> QdrantCompo
     return QdrantComponent(target_settings("qdrant", conn_id))
 
 
-def points_of(hook: QdrantHook, collection: str) -> dict[str, dict]:
-    points, offset = {}, None
-    while True:
-        body = {"limit": 100, "with_payload": True, "with_vector": True, **({"offset": offset} if offset else {})}
-        page = hook.request("POST", f"/collections/{collection}/points/scroll", json=body)
-        points.update({json.dumps(p["id"]): p for p in page["points"]})
-        offset = page.get("next_page_offset")
-        if offset is None:
-            return points
-
-
 def state_of(hook: QdrantHook) -> dict[str, dict]:
     names = sorted(c.name for c in hook.client.get_collections().collections)
     aliases = sorted((a.alias_name, a.collection_name) for a in hook.client.get_aliases().aliases)
-    return {"points": {name: points_of(hook, name) for name in names}, "aliases": aliases}
+    return {"points": {name: qdrant_points(hook, name) for name in names}, "aliases": aliases}
 
 
 def same_state(a: dict, b: dict) -> bool:

@@ -17,11 +17,12 @@ from ragvault.repository import BackupRepository, ItemResult, RepositoryError
 from ragvault.retention import Policy, apply_retention
 
 LOCK = ObjectLock(mode="governance", days=1)
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 def day(offset: int) -> str:
-    return (TODAY + dt.timedelta(days=offset)).isoformat()
+    """The date ``offset`` days from today, today taken when called: a suite that runs across midnight UTC
+    still locks a date whose one-day lock lies ahead."""
+    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=offset)).isoformat()
 
 
 @pytest.fixture

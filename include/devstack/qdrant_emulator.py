@@ -1003,6 +1003,14 @@ class Collection:
         return self.config["params"]["vectors"]
 
     @property
+    def shard_number(self) -> int:
+        return int(self.config["params"].get("shard_number") or 1)
+
+    def shard_of(self, key: PointKey) -> int:
+        """The shard holding the point ``key``."""
+        return shard_of(key, self.shard_number)
+
+    @property
     def sparse_vectors(self) -> dict:
         return self.config["params"].get("sparse_vectors") or {}
 
@@ -1377,7 +1385,7 @@ class Store:
     def shard_layout(self, collection: Collection) -> dict[int, list[int]]:
         """``{shard_id: [peer ids holding a replica]}``: every shard on this peer when not distributed; in a
         cluster, shard ``s`` on the peers ``s``, ``s+1``... (mod the peer count), ``replication_factor`` of them."""
-        shards = int(collection.config["params"].get("shard_number") or 1)
+        shards = collection.shard_number
         if self.cluster is None:
             return {shard: [self.peer_id] for shard in range(shards)}
         peers = self.cluster.peer_ids
@@ -1389,9 +1397,8 @@ class Store:
 
     def shard_keys(self, collection: Collection, shards: set[int]) -> list[PointKey]:
         """The ids of the points held by ``shards``, in id order."""
-        count = int(collection.config["params"].get("shard_number") or 1)
         keys, _ = collection.sorted_keys()
-        return [key for key in keys if shard_of(key, count) in shards]
+        return [key for key in keys if collection.shard_of(key) in shards]
 
     def create_snapshot(self, collection: Collection, peer_id: int | None = None,
                         shard_id: int | None = None) -> dict:
@@ -1524,9 +1531,8 @@ class Store:
             collection.payload_index = dict(document.get("payload_index") or {})
             if self.cluster is not None:
                 local = self.local_shards(collection, self.peer_id if peer_id is None else peer_id)
-                count = int(collection.config["params"].get("shard_number") or 1)
-                kept = {k: v for k, v in collection.points.items() if shard_of(k, count) not in local}
-                points = {**kept, **{k: v for k, v in points.items() if shard_of(k, count) in local}}
+                kept = {k: v for k, v in collection.points.items() if collection.shard_of(k) not in local}
+                points = {**kept, **{k: v for k, v in points.items() if collection.shard_of(k) in local}}
             collection.replace_points(points)
             collection.next_operation_id()
             self.files[collection.name].write_full(collection)
@@ -1549,8 +1555,7 @@ class Store:
                     "Snapshot is not compatible with existing collection: Collection vectors: "
                     f"{json.dumps(collection.vectors)} "
                     f"Snapshot Vectors: {json.dumps(document['config']['params']['vectors'])}")
-            count = int(collection.config["params"].get("shard_number") or 1)
-            kept = {k: v for k, v in collection.points.items() if shard_of(k, count) != shard_id}
+            kept = {k: v for k, v in collection.points.items() if collection.shard_of(k) != shard_id}
             collection.replace_points({**kept, **points})
             collection.next_operation_id()
             self.files[collection.name].write_full(collection)
@@ -2288,10 +2293,9 @@ def collection_cluster_info(req: Request) -> Response:
     with req.store.lock:
         collection = req.store.resolve(req.params["name"])
         layout = req.store.shard_layout(collection)
-        count = int(collection.config["params"].get("shard_number") or 1)
         points: dict[int, int] = dict.fromkeys(layout, 0)
         for key in collection.points:
-            points[shard_of(key, count)] += 1
+            points[collection.shard_of(key)] += 1
     me = req.peer_id
     return req.ok({
         "peer_id": me,

@@ -148,15 +148,8 @@ class QdrantComponent(Component):
         the connection's own peer when it does)."""
         layout = hook.collection_cluster(collection)
         me = str(layout["peer_id"])
-        replicas: dict[int, dict[str, str]] = {}
-        keys: dict[int, Any] = {}
-        for shard in layout["local_shards"]:
-            replicas.setdefault(shard["shard_id"], {})[me] = shard["state"]
-            keys[shard["shard_id"]] = shard.get("shard_key")
-        for shard in layout["remote_shards"]:
-            replicas.setdefault(shard["shard_id"], {})[str(shard["peer_id"])] = shard["state"]
-            keys.setdefault(shard["shard_id"], shard.get("shard_key"))
-        if any(key is not None for key in keys.values()):
+        replicas = shard_replicas(layout)
+        if any(shard.get("shard_key") is not None for shard in layout["local_shards"] + layout["remote_shards"]):
             raise ComponentError(self.name, collection, "its shards have shard keys (custom sharding), which this "
                                  "package does not back up yet; nothing was written for it")
         if layout.get("shard_transfers"):
@@ -257,11 +250,7 @@ class QdrantComponent(Component):
         status = hook.cluster_status()
         peers = {str(p): i["uri"] for p, i in (status.get("peers") or {}).items()}
         me = str(target["peer_id"])
-        holders: dict[int, list[str]] = {}
-        for shard in target["local_shards"]:
-            holders.setdefault(shard["shard_id"], []).append(me)
-        for shard in target["remote_shards"]:
-            holders.setdefault(shard["shard_id"], []).append(str(shard["peer_id"]))
+        holders = shard_replicas(target)
         backed_up = sorted(int(s) for s in layout["shards"])
         if sorted(holders) != backed_up:
             ctx.log.warning("qdrant %s: the target laid the collection out in shards %s, the backup holds shards "
@@ -395,6 +384,17 @@ class QdrantComponent(Component):
                 elif (got.get("payload") or {}) != point["payload"]:
                     problems.append(f"point {point['id']}: payload differs from the export")
         return problems
+
+
+def shard_replicas(layout: dict[str, Any]) -> dict[int, dict[str, str]]:
+    """``{shard id: {peer id: replica state}}`` from ``GET /collections/<name>/cluster`` (the answering peer's
+    local shards and the replicas the other peers hold)."""
+    replicas: dict[int, dict[str, str]] = {}
+    for shard in layout["local_shards"]:
+        replicas.setdefault(shard["shard_id"], {})[str(layout["peer_id"])] = shard["state"]
+    for shard in layout["remote_shards"]:
+        replicas.setdefault(shard["shard_id"], {})[str(shard["peer_id"])] = shard["state"]
+    return replicas
 
 
 def same_vectors(a: Any, b: Any, tolerance: float = 1e-6) -> bool:

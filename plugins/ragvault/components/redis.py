@@ -227,16 +227,14 @@ class RedisComponent(Component):
             raise ComponentError(self.name, item, f"components.redis.restore_method is {method!r}: expected one of "
                                  f"{', '.join(RESTORE_METHODS)}")
         target = _Target(self.hook())
-        if target.cluster or item != WHOLE:
-            return self._restore_routed(ctx, item, target)
-        if method != "restore":
+        if method != "restore" and not target.cluster and item == WHOLE:
             try:
                 return self._restore_as_replica(ctx, item)
             except ReplicationUnavailable as exc:
                 if method == "replication":
                     raise ComponentError(self.name, item, f"restore_method replication: {exc}") from exc
                 ctx.log.warning("redis: %s; restoring key by key with RESTORE instead (slower)", exc)
-        return self._restore_commands(ctx, item)
+        return self._restore_commands(ctx, item, target)
     def _restore_as_replica(self, ctx: RestoreContext, item: str) -> dict[str, int]:
         """The server loads dump.rdb itself, as a replica does in a full sync (see RedisHook.replicate_rdb): it
         checks the RDB's CRC64 and loads at its own speed. Every db is replaced."""
@@ -279,51 +277,12 @@ class RedisComponent(Component):
         return {"keys": sum(keyspace.values()), "dbs": len(keyspace), "expired": 0, "functions": functions,
                 "replicated": 1}
 
-    def _restore_commands(self, ctx: RestoreContext, item: str) -> dict[str, int]:
-        """Key by key: one RESTORE (pipelined) per key parsed from dump.rdb; expired keys are skipped."""
-        from ragvault.rdb import iter_restore_entries
-
-        hook = self.hook()
-        admin = hook.get_conn()
-        if sum(_keyspace(admin).values()):
-            ctx.log.info("redis: flushing %s before the restore", hook.describe())
-            admin.flushall()
-        pipes: dict[int, Any] = {}
-        pending: dict[int, int] = {}
-        restored = expired = 0
-        now_ms = int(time.time() * 1000)
-        entries = iter_restore_entries(ctx.read(ctx.artifact(item, "dump.rdb")))
-        for entry in entries:
-            if entry.expire_at_ms is not None and entry.expire_at_ms <= now_ms:
-                expired += 1
-                continue
-            if entry.db not in pipes:
-                pipes[entry.db] = hook.get_conn(db=entry.db).pipeline(transaction=False)
-                pending[entry.db] = 0
-            pipes[entry.db].execute_command(*entry.restore_args())
-            pending[entry.db] += 1
-            restored += 1
-            if pending[entry.db] >= RESTORE_BATCH:
-                pipes[entry.db].execute()
-                pending[entry.db] = 0
-            if restored % 100_000 == 0:
-                ctx.log.info("redis: %d keys restored", restored)
-        for db, pipe in pipes.items():
-            if pending[db]:
-                pipe.execute()
-        functions = entries.function_restore_payload()
-        if functions:
-            admin.execute_command("FUNCTION", "RESTORE", functions, "REPLACE")
-            ctx.log.info("redis: %d function libraries restored", len(entries.functions))
-        if expired:
-            ctx.log.info("redis: %d keys had expired since the backup and were not restored", expired)
-        ctx.log.info("redis: %d keys restored in %d dbs", restored, len(pipes))
-        return {"keys": restored, "dbs": len(pipes), "expired": expired, "functions": len(entries.functions)}
-
-    def _restore_routed(self, ctx: RestoreContext, item: str, target: _Target) -> dict[str, int]:
-        """Key by key, each key to the server that owns its hash slot on the target (a cluster's master, or the one
-        standalone server): the item's slot ranges are emptied on the target first, then its keys restored. A key
-        outside the item's slots (one left behind by a slot migration) is left out: it belongs to another item."""
+    def _restore_commands(self, ctx: RestoreContext, item: str, target: _Target) -> dict[str, int]:
+        """Key by key: one RESTORE (pipelined) per key parsed from dump.rdb, sent to the server that owns its hash
+        slot on the target (a cluster's master, or the one standalone server, in the key's db); expired keys are
+        skipped. The item's slot ranges are emptied on the target first (a flush when they are all the slots). A
+        key outside the item's slots (one left behind by a slot migration) is left out: it belongs to another
+        item."""
         import redis
 
         from ragvault.rdb import iter_restore_entries
@@ -334,45 +293,45 @@ class RedisComponent(Component):
         if deleted:
             ctx.log.info("redis: %d keys deleted from %s in slots %s before the restore", deleted,
                          target.describe(), _ranges_text(ranges))
-        pipes: dict[int, Any] = {}
-        pending: dict[int, int] = {}
+        pipes: dict[tuple[int, int], Any] = {}  # (server, db): a pipeline and the commands it holds
+        pending: dict[tuple[int, int], int] = {}
         restored = expired = outside = 0
         now_ms = int(time.time() * 1000)
 
-        def flush(node: int) -> None:
+        def flush(where: tuple[int, int]) -> None:
             try:
-                pipes[node].execute()
+                pipes[where].execute()
             except redis.RedisError as exc:
-                raise ComponentError(self.name, item, f"restoring keys into {target.addresses[node]}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
-            pending[node] = 0
+                raise ComponentError(self.name, item, f"restoring keys into {target.addresses[where[0]]} db "
+                                     f"{where[1]}: {type(exc).__name__}: {exc}") from exc
+            pending[where] = 0
 
         entries = iter_restore_entries(ctx.read(ctx.artifact(item, _rdb_path(item))))
         for entry in entries:
             if entry.expire_at_ms is not None and entry.expire_at_ms <= now_ms:
                 expired += 1
                 continue
-            if entry.db != 0:
+            if entry.db != 0 and target.cluster:
                 raise ComponentError(self.name, item, f"key {entry.key!r} is in db {entry.db}: "
                                      f"{target.describe()} takes db 0 only")
             slot = key_slot(entry.key)
             if not ours[slot]:
                 outside += 1
                 continue
-            node = target.owner(slot)
-            if node not in pipes:
-                pipes[node] = target.client(node).pipeline(transaction=False)
-                pending[node] = 0
-            pipes[node].execute_command(*entry.restore_args())
-            pending[node] += 1
+            where = (target.owner(slot), entry.db)
+            if where not in pipes:
+                pipes[where] = target.client(*where).pipeline(transaction=False)
+                pending[where] = 0
+            pipes[where].execute_command(*entry.restore_args())
+            pending[where] += 1
             restored += 1
-            if pending[node] >= RESTORE_BATCH:
-                flush(node)
+            if pending[where] >= RESTORE_BATCH:
+                flush(where)
             if restored % 100_000 == 0:
                 ctx.log.info("redis: %d keys restored", restored)
-        for node in pipes:
-            if pending[node]:
-                flush(node)
+        for where in pipes:
+            if pending[where]:
+                flush(where)
         functions = entries.function_restore_payload()
         if functions:
             for node in range(len(target.addresses)):  # a cluster's functions live on each master
@@ -383,9 +342,10 @@ class RedisComponent(Component):
         if outside:
             ctx.log.warning("redis: %d keys of %s lie outside its slots %s (a slot migration was under way at the "
                             "backup): left out", outside, item, _ranges_text(ranges))
-        ctx.log.info("redis: %d keys of %s restored into %s (%d server(s))", restored, item, target.describe(),
-                     len(pipes))
-        return {"keys": restored, "dbs": 1 if restored else 0, "expired": expired, "outside": outside,
+        dbs = len({db for _, db in pipes})
+        ctx.log.info("redis: %d keys of %s restored in %d dbs of %s (%d server(s))", restored, item, dbs,
+                     target.describe(), len({node for node, _ in pipes}))
+        return {"keys": restored, "dbs": dbs, "expired": expired, "outside": outside,
                 "functions": len(entries.functions)}
 
     def verify_restore(self, ctx: RestoreContext, item: str, sample: int = 100) -> list[str]:
@@ -608,7 +568,7 @@ RESTORE_METHODS = ("auto", "replication", "restore")
 
 def _cluster_node(info: dict[str, Any], hook: RedisHook) -> str | None:
     """``"<address> is a Redis Cluster node (...)"`` when INFO says cluster mode is on, else None."""
-    if str(info.get("cluster_enabled", 0)) != "1":
+    if not hook.is_cluster(info):
         return None
     return f"{hook.describe()} is a Redis Cluster node (cluster_enabled:1 in INFO)"
 
@@ -626,5 +586,5 @@ def _keyspace_of(info: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def _keyspace(client) -> dict[str, int]:
-    return {name: int(stats["keys"]) for name, stats in sorted(client.info("keyspace").items())
-            if name.startswith("db") and isinstance(stats, dict)}
+    """``{"db0": keys, ...}`` of a server now."""
+    return {db: stats["keys"] for db, stats in _keyspace_of(client.info("keyspace")).items()}

@@ -106,9 +106,11 @@ class RedisHook(ConnectionHook):
         return redis.RedisCluster(host=kw["host"], port=kw["port"], username=kw["username"],
                                   password=kw["password"], ssl=kw["ssl"], socket_timeout=self.timeout)
 
-    def is_cluster(self) -> bool:
-        """True when the server runs in cluster mode (``cluster_enabled:1`` in INFO)."""
-        return str(self.get_conn().info("cluster").get("cluster_enabled", 0)) == "1"
+    def is_cluster(self, info: dict[str, Any] | None = None) -> bool:
+        """True when the server runs in cluster mode (``cluster_enabled:1`` in INFO; ``info``: an INFO reply the
+        caller already holds)."""
+        info = self.get_conn().info("cluster") if info is None else info
+        return str(info.get("cluster_enabled", 0)) == "1"
 
     def cluster_shards(self) -> list[ClusterShard]:
         """The cluster's masters (``CLUSTER SLOTS``), ordered by their first slot. A node that announces no

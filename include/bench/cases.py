@@ -48,16 +48,21 @@ def read_chunks(path: Path, size: int = MiB):
             yield chunk
 
 
+def _repository():
+    """The repository as the package builds it: on the settings' bucket and ``s3`` connection, with its client."""
+    from ragvault.repository import BackupRepository
+
+    return BackupRepository.from_settings(_settings())
+
+
 def _upload(name: str, compression: str | None, side: str) -> None:
     path = data_dir() / name
-    client = s3_client()
     if side == "ragvault":
-        from ragvault.repository import BackupRepository
-
-        repo = BackupRepository(client, BUCKET)
+        repo = _repository()
         begin()
         repo.put_artifact(DATE, "bench", name, read_chunks(path), compression=compression)
     else:
+        client = s3_client()
         begin()
         client.upload_file(str(path), BUCKET, f"baseline/{name}")
 
@@ -78,17 +83,15 @@ def upload_tree(side: str) -> None:
     concurrently (what ``aws s3 cp --recursive`` does)."""
     tree = data_dir() / "tree"
     files = sorted(p for p in tree.rglob("*") if p.is_file())
-    client = s3_client()
     if side == "ragvault":
-        from ragvault.repository import BackupRepository
-
-        repo = BackupRepository(client, BUCKET)
+        repo = _repository()
         begin()
         repo.put_files(DATE, "bench", ((f"tree/{p.relative_to(tree).as_posix()}", p) for p in files),
                        compression="zstd")
         return
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
+    client = s3_client()
     begin()
     with create_transfer_manager(client, TransferConfig(max_concurrency=10)) as manager:
         futures = [manager.upload(str(p), BUCKET, f"baseline/tree/{p.relative_to(tree).as_posix()}") for p in files]
@@ -132,8 +135,11 @@ def _settings():
 
 
 def redis_backup(side: str) -> None:
-    """The whole Redis instance as an RDB, uploaded: the component against ``redis-cli --rdb`` + boto3."""
+    """The whole Redis instance as an RDB, uploaded: the component against ``redis-cli --rdb`` + boto3. redis-py is
+    imported before the work starts, as the other imports: a worker pays for it once, not per backup."""
     if side == "ragvault":
+        import redis  # noqa: F401
+
         from ragvault.components.base import BackupContext
         from ragvault.components.redis import RedisComponent
         from ragvault.repository import BackupRepository

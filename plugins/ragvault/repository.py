@@ -15,9 +15,11 @@ computed, and they go into the manifest.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
+from botocore.config import Config
 
 from ragvault.crypto import Cipher, EncryptionError
 
@@ -317,6 +320,18 @@ def manifest_summary(manifest: dict[str, Any]) -> dict[str, str]:
             "run-id": str((manifest.get("run") or {}).get("run_id") or "")[:200].encode("ascii", "replace").decode()}
 
 
+def payload_signed(endpoint_url: str | None, config: Config | None) -> bool:
+    """Whether botocore signs the bytes of every request to ``endpoint_url`` (SigV4 over plain HTTP, unless the
+    connection's config turns payload signing off), and no other request checksum was asked for."""
+    if config is not None and (config.request_checksum_calculation
+                               or (config.s3 or {}).get("payload_signing_enabled") is False
+                               or config.signature_version not in (None, "s3v4", "v4")):
+        return False
+    if os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION"):
+        return False
+    return bool(endpoint_url) and endpoint_url.lower().startswith("http://")
+
+
 def upload_marker_key(key: str, upload_id: str) -> str:
     digest = hashlib.sha256(f"{key} {upload_id}".encode()).hexdigest()
     return f"{UPLOADS_PREFIX}{digest[:32]}.json"
@@ -386,13 +401,65 @@ class _BackgroundHash:
         return self._hash.digest()
 
 
+class _PartBody:
+    """One part's bytes as a read-only, seekable stream over the pieces they were written in, so that a part is
+    never joined into one more copy: botocore reads it to sign it, seeks back, and sends it (again after a
+    retry). A read within one piece is a view of it; one across pieces joins just what it asks for."""
+
+    def __init__(self, pieces: list[bytes | memoryview]):
+        self._pieces = [memoryview(piece) for piece in pieces if len(piece)]
+        self._ends: list[int] = []
+        total = 0
+        for piece in self._pieces:
+            total += len(piece)
+            self._ends.append(total)
+        self._size = total
+        self._pos = 0
+        self._index = 0  # the piece holding self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = min(base + offset, self._size)
+        self._index = bisect.bisect_right(self._ends, self._pos)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        left = self._size - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        if size == 0:
+            return b""
+        out: list[memoryview] = []
+        need = size
+        while need:
+            piece = self._pieces[self._index]
+            start = self._pos - (self._ends[self._index] - len(piece))
+            take = min(need, len(piece) - start)
+            out.append(piece[start:start + take])
+            self._pos += take
+            need -= take
+            if start + take == len(piece):
+                self._index += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
 class _MultipartSink:
     """Bytes in, one S3 object out: a multipart upload fed part by part, aborted on failure.
 
     Up to ``concurrency`` parts are sent at once by a small thread pool while the caller keeps producing (and
     compressing, and encrypting) the next one: memory holds at most ``concurrency`` parts in flight and one part
-    filling. Each part is joined from the written chunks once (no other copy); the SHA-256 of the stored bytes
-    is computed as they are written, in order.
+    filling. A part is sent from the chunks as they were written (no copy, see :class:`_PartBody`); the SHA-256
+    of the stored bytes is computed as they are written, in order.
     """
 
     def __init__(self, client, bucket: str, key: str, content_type: str, part_size: int, concurrency: int = 1):
@@ -432,8 +499,8 @@ class _MultipartSink:
             log.info("%s: %d MiB streamed so far", self.key, self.size // MiB)
             self._next_progress += PROGRESS_EVERY
 
-    def _take(self, n: int) -> bytes:
-        """The first ``n`` buffered bytes as one object (the only copy a part's bytes go through)."""
+    def _take(self, n: int) -> list[bytes | memoryview]:
+        """The first ``n`` buffered bytes, as the pieces they were written in (a piece split at the end)."""
         pieces: list[bytes | memoryview] = []
         need = n
         while need:
@@ -447,7 +514,7 @@ class _MultipartSink:
                 self._chunks[0] = view[need:]
                 need = 0
         self._buffered -= n
-        return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+        return pieces
 
     def _current_part_size(self) -> int:
         # S3 allows 10,000 parts: double the part size every 1,000 parts so no artifact is too large.
@@ -463,7 +530,7 @@ class _MultipartSink:
                                Body=json.dumps({"key": self.key, "upload_id": self.upload_id,
                                                 "started": utcnow_iso()}).encode())
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, body: list[bytes | memoryview]) -> None:
         """Hand one part to the pool, after waiting for a free slot (a failed part raises here)."""
         if self.upload_id is None:
             self._start()
@@ -482,9 +549,9 @@ class _MultipartSink:
         for future in done:
             future.result()
 
-    def _upload_part(self, number: int, body: bytes) -> None:
+    def _upload_part(self, number: int, pieces: list[bytes | memoryview]) -> None:
         response = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, PartNumber=number, UploadId=self.upload_id, Body=body
+            Bucket=self.bucket, Key=self.key, PartNumber=number, UploadId=self.upload_id, Body=_PartBody(pieces)
         )
         self._etags[number] = response["ETag"]
 
@@ -492,7 +559,7 @@ class _MultipartSink:
         try:
             if self.upload_id is None:
                 # Small object: one plain PUT.
-                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._take(self._buffered),
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=b"".join(self._take(self._buffered)),
                                        ContentType=self.content_type)
             else:
                 if self._buffered:
@@ -504,6 +571,7 @@ class _MultipartSink:
                     UploadId=self.upload_id,
                     MultipartUpload={"Parts": self.parts},
                 )
+                self.upload_id = None  # completed: nothing left to abort
                 self._forget_marker()
         finally:
             self._close_pool()
@@ -605,12 +673,16 @@ class ArtifactWriter:
 
     def close(self) -> Artifact:
         if self.artifact is None:
-            self._flush_pending()
-            if self._compressor is not None:
-                self._store(self._compressor.flush())
-            if self._encryptor is not None:
-                self._sink.write(self._encryptor.finalize())
-            self._sink.complete()
+            try:
+                self._flush_pending()
+                if self._compressor is not None:
+                    self._store(self._compressor.flush())
+                if self._encryptor is not None:
+                    self._sink.write(self._encryptor.finalize())
+                self._sink.complete()
+            except BaseException:  # the last parts or the completion failed: no upload is left open
+                self.abort()
+                raise
             raw_sha256 = self._sink.sha256 if self._identity else self._raw_sha256
             self.written_sha256 = raw_sha256.hexdigest()
             self.artifact = Artifact(
@@ -667,7 +739,13 @@ class BackupRepository:
         """Build the repository on an Airflow aws connection (MinIO: ``endpoint_url`` in its extra)."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return cls(S3Hook(aws_conn_id=aws_conn_id).get_conn(), bucket, conn_id=aws_conn_id, **kwargs)
+        hook = S3Hook(aws_conn_id=aws_conn_id)
+        config = hook.config
+        if payload_signed(hook.conn_config.get_service_endpoint_url("s3"), config):
+            # Every request's bytes are then signed (SHA-256) and checked by the server: the CRC32 that botocore
+            # would add to each part by default is a second checksum of the same bytes, computed on both sides.
+            config = config.merge(Config(request_checksum_calculation="when_required"))
+        return cls(hook.get_client_type(config=config), bucket, conn_id=aws_conn_id, **kwargs)
 
     @classmethod
     def from_settings(cls, settings) -> BackupRepository:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 
@@ -13,11 +14,14 @@ import pytest
 import zstandard
 
 from ragvault.repository import (
+    UPLOADS_PREFIX,
     BackupRepository,
     ItemResult,
     MiB,
     RepositoryError,
+    _PartBody,
     check_date,
+    payload_signed,
 )
 
 
@@ -127,6 +131,21 @@ def test_a_failed_part_aborts_the_upload_and_leaves_nothing(s3_client, bucket, b
     assert repo.head(key) is None
     assert s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []
     assert client.in_flight == 0  # every part sent before the abort had finished
+
+
+@pytest.mark.parametrize("fail_part", [8, 9])
+def test_a_last_part_failing_at_completion_leaves_nothing(s3_client, bucket, backup_date, fail_part):
+    """The parts still in flight when the stream ends (8) and the rest sent by the completion (9) fail inside
+    ``close()``: the upload is aborted there too, and its note removed."""
+    client = CountingClient(s3_client, fail_part=fail_part)
+    repo = BackupRepository(client, bucket, part_size=5 * MiB, concurrency=4)
+    key = f"{backup_date}/test/last-part-{fail_part}.bin"
+    with pytest.raises(ConnectionError, match=f"part {fail_part} lost"):
+        repo.put_artifact(backup_date, "test", key.rsplit("/", 1)[1], [os.urandom(41 * MiB)])
+    assert repo.head(key) is None
+    assert s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []
+    notes = [json.loads(get(s3_client, bucket, o["Key"])) for o in repo.list_keys(UPLOADS_PREFIX)]
+    assert key not in [note["key"] for note in notes]
 
 
 def test_manifest_is_written_last_and_checked(s3_client, bucket, backup_date):
@@ -404,3 +423,67 @@ def test_a_rotated_keyring_reads_backups_of_its_retired_keys(s3_client, bucket, 
         b"".join(repo.iter_artifact(made_with_old, cipher=only_new))
     with pytest.raises(EncryptionError, match="key 2 of 2"):
         parse_keyring(f"{new_key.hex()},not-a-key")
+
+
+def test_a_part_is_read_from_its_pieces_as_one_stream():
+    """What botocore does with a part's body: reads it in blocks to sign it, seeks back, reads it again to send
+    it (and once more after a retry); every way of reading gives the pieces' bytes, in order, exactly."""
+    data = os.urandom(3 * MiB + 12345)
+    cuts = [0, 1, 7, 300_000, 300_001, MiB, 2 * MiB + 17, len(data)]
+    pieces = [data[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    pieces[2] = memoryview(bytearray(pieces[2]))  # a piece split off a larger write is a view
+    body = _PartBody(pieces)
+    for block in (1000, 16384, MiB, 5 * MiB):
+        body.seek(0)
+        read, got = [], 0
+        while chunk := body.read(block):
+            assert len(chunk) == min(block, len(data) - got)  # never short before the end
+            read.append(bytes(chunk))
+            got += len(chunk)
+        assert b"".join(read) == data and body.tell() == len(data)
+        assert body.read(10) == b""
+    assert body.seek(0, 2) == len(data) and body.seek(0) == 0  # how botocore measures the length
+    assert bytes(body.read()) == data
+    body.seek(MiB - 3)
+    assert bytes(body.read(10)) == data[MiB - 3:MiB + 7]
+    assert body.seek(-5, 2) == len(data) - 5 and bytes(body.read()) == data[-5:]
+    with pytest.raises(ValueError, match="negative seek"):
+        body.seek(-1)
+    assert _PartBody([]).read() == b""
+
+
+def test_over_plain_http_the_parts_are_signed_and_not_checksummed_twice(bucket, backup_date):
+    """Over plain HTTP botocore signs each request's bytes (SigV4: their SHA-256 is in the signature, which the
+    server checks); the repository's client then adds no CRC32 of the same bytes. A part altered on the way is
+    refused by the server all the same, and nothing is left of the upload."""
+    from botocore.config import Config
+
+    assert payload_signed("http://minio:9000", None) and payload_signed("http://minio:9000", Config())
+    assert not payload_signed("https://s3.example.com", None)  # unsigned there: botocore's CRC32 is the check
+    assert not payload_signed(None, None)
+    assert not payload_signed("http://minio:9000", Config(s3={"payload_signing_enabled": False}))
+    assert not payload_signed("http://minio:9000", Config(request_checksum_calculation="when_supported"))
+
+    repo = BackupRepository.from_connection("minio_s3", bucket, part_size=5 * MiB)
+    sent: list[dict[str, str]] = []
+    repo.client.meta.events.register("before-send.s3.UploadPart",
+                                     lambda request, **_: sent.append(dict(request.headers)))
+    payload = os.urandom(12 * MiB)
+    artifact = repo.put_artifact(backup_date, "test", "signed.bin",
+                                 [payload[i:i + MiB] for i in range(0, 12 * MiB, MiB)])
+    assert get(repo.client, bucket, artifact.key) == payload
+    assert len(sent) == 3
+    for headers in sent:
+        signed = headers["X-Amz-Content-SHA256"]
+        assert re.fullmatch(rb"[0-9a-f]{64}", signed if isinstance(signed, bytes) else signed.encode())
+        assert not any(name.lower().startswith("x-amz-checksum-") for name in headers)
+
+    def alter(request, **_):
+        request.body = b"\0" * int(request.headers["Content-Length"])  # same length, other bytes
+
+    repo.client.meta.events.register("before-send.s3.UploadPart", alter)
+    with pytest.raises(Exception, match="(?i)sha256|digest"):
+        repo.put_artifact(backup_date, "test", "altered.bin", [payload])
+    assert repo.head(f"{backup_date}/test/altered.bin") is None
+    assert repo.client.list_multipart_uploads(Bucket=bucket, Prefix=f"{backup_date}/test/altered.bin"
+                                              ).get("Uploads", []) == []

@@ -220,6 +220,77 @@ def cluster_state(ports: list[int], password: str | None = None) -> dict[int, di
     return {0: merged} if merged else {}
 
 
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> Path:
+    """``public.crt`` and ``private.key`` (the names MinIO's ``--certs-dir`` reads) for ``host``, valid a day;
+    returns the certificate, which a client trusts as its CA bundle."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "private.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "public.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return directory / "public.crt"
+
+
+@contextmanager
+def spare_minio_tls(user: str = "ragvault", password: str = "ragvault-spare-secret"):
+    """A throwaway MinIO served over HTTPS (a self-signed certificate for 127.0.0.1) on a free loopback port.
+
+    Yields ``(endpoint_url, ca_bundle, user, password)``; the server and its files are gone afterwards.
+    """
+    import requests
+
+    binary = Path(os.environ.get("RAGVAULT_BIN_DIR", Path.home() / ".cache/ragvault/bin"), "minio")
+    port, console = free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="ragvault-spare-minio-"))
+    ca = self_signed_certificate(workdir / "certs")
+    log = open(workdir / "minio.log", "wb")
+    proc = subprocess.Popen(
+        [str(binary), "server", str(workdir / "data"), "--quiet", "--certs-dir", str(workdir / "certs"),
+         "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}"],
+        env={**os.environ, "MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password, "MINIO_UPDATE": "off"},
+        stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{endpoint}/minio/health/ready", verify=str(ca), timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"minio exited: {(workdir / 'minio.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"minio on {port} did not answer within 60 s")
+            time.sleep(0.2)
+        yield endpoint, ca, user, password
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @contextmanager
 def spare_ferretdb():
     """A throwaway FerretDB (SQLite backend) on a free loopback port: a blank MongoDB-compatible server.

@@ -487,3 +487,35 @@ def test_over_plain_http_the_parts_are_signed_and_not_checksummed_twice(bucket, 
     assert repo.head(f"{backup_date}/test/altered.bin") is None
     assert repo.client.list_multipart_uploads(Bucket=bucket, Prefix=f"{backup_date}/test/altered.bin"
                                               ).get("Uploads", []) == []
+
+
+def test_over_https_the_parts_carry_botocores_crc32_and_land_exact(monkeypatch, backup_date):
+    """Over HTTPS botocore does not sign the bytes: each part goes aws-chunked with a CRC32 trailer, which the
+    server checks, and the repository leaves that as it is. The part bodies (views of the chunks written, see
+    ``_PartBody``) go through botocore's chunked encoder as they do over plain HTTP: a real MinIO on TLS gets
+    every byte, of an incompressible and of a compressed stream alike (small compressor outputs included)."""
+    from devstack.state import spare_minio_tls
+
+    with spare_minio_tls() as (endpoint, ca, user, password):
+        monkeypatch.setenv("AIRFLOW_CONN_MINIO_TLS", json.dumps({
+            "conn_type": "aws", "login": user, "password": password,
+            "extra": {"endpoint_url": endpoint, "verify": str(ca), "region_name": "us-east-1"}}))
+        repo = BackupRepository.from_connection("minio_tls", "tls-bucket", part_size=5 * MiB, concurrency=3)
+        assert repo.client.meta.config.request_checksum_calculation in (None, "when_supported")
+        repo.client.create_bucket(Bucket="tls-bucket")
+        sent: list[dict[str, str]] = []
+        repo.client.meta.events.register("before-send.s3.UploadPart",
+                                         lambda request, **_: sent.append(dict(request.headers)))
+        payload = os.urandom(6 * MiB) + b"ragvault chunk " * (5 * MiB // 15)
+        chunks = [payload[i:i + 333_333] for i in range(0, len(payload), 333_333)]
+        for compression in (None, "zstd"):
+            sent.clear()
+            artifact = repo.put_artifact(backup_date, "test", f"tls-{compression}.bin", chunks,
+                                         compression=compression)
+            assert b"".join(repo.iter_artifact(artifact)) == payload
+            assert artifact.sha256 == hashlib.sha256(get(repo.client, "tls-bucket", artifact.key)).hexdigest()
+            assert len(sent) >= 2
+            for headers in sent:
+                assert headers["X-Amz-Content-SHA256"] in ("STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                                                           b"STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+                assert headers["X-Amz-Trailer"] in ("x-amz-checksum-crc32", b"x-amz-checksum-crc32")

@@ -745,7 +745,8 @@ class BackupRepository:
             # Every request's bytes are then signed (SHA-256) and checked by the server: the CRC32 that botocore
             # would add to each part by default is a second checksum of the same bytes, computed on both sides.
             config = config.merge(Config(request_checksum_calculation="when_required"))
-        return cls(hook.get_client_type(config=config), bucket, conn_id=aws_conn_id, **kwargs)
+        return cls(hook.get_client_type(region_name=hook.region_name, config=config), bucket, conn_id=aws_conn_id,
+                   **kwargs)
 
     @classmethod
     def from_settings(cls, settings) -> BackupRepository:

@@ -465,6 +465,11 @@ def test_over_plain_http_the_parts_are_signed_and_not_checksummed_twice(bucket, 
     assert not payload_signed("http://minio:9000", Config(request_checksum_calculation="when_supported"))
 
     repo = BackupRepository.from_connection("minio_s3", bucket, part_size=5 * MiB)
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hooks_client = S3Hook(aws_conn_id="minio_s3").get_conn()  # the client the connection gives anywhere else
+    assert (repo.client.meta.region_name, repo.client.meta.endpoint_url) == \
+        (hooks_client.meta.region_name, hooks_client.meta.endpoint_url)
     sent: list[dict[str, str]] = []
     repo.client.meta.events.register("before-send.s3.UploadPart",
                                      lambda request, **_: sent.append(dict(request.headers)))

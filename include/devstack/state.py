@@ -64,6 +64,19 @@ def same_redis_state(a: dict, b: dict, ttl_tolerance_ms: int = 1000) -> list[str
     return problems
 
 
+def stop_spare(proc: subprocess.Popen, log, workdir: Path, timeout: float = 10) -> None:
+    """The end of a throwaway server: terminated (killed if it has not stopped within ``timeout`` s), its log
+    closed, its files removed."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,13 +124,7 @@ def spare_redis(rdb: Path | None = None, password: str | None = None, extra_args
             time.sleep(0.1)
         yield port, client_for_db
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_spare(proc, log, workdir)
 
 
 @contextmanager
@@ -281,14 +288,7 @@ def spare_minio_tls(user: str = "ragvault", password: str = "ragvault-spare-secr
             time.sleep(0.2)
         yield endpoint, ca, user, password
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_spare(proc, log, workdir)
 
 
 @contextmanager
@@ -326,13 +326,7 @@ def spare_ferretdb():
                 time.sleep(0.2)
         yield uri
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_spare(proc, log, workdir)
 
 
 def qdrant_points(hook, name: str, page_size: int = 256) -> dict[str, dict]:

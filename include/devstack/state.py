@@ -64,6 +64,24 @@ def same_redis_state(a: dict, b: dict, ttl_tolerance_ms: int = 1000) -> list[str
     return problems
 
 
+def wait_spare(ready: Callable[[], object], proc: subprocess.Popen, log_path: Path, what: str,
+               timeout: float = 30, errors: tuple[type[BaseException], ...] = (Exception,)) -> None:
+    """Poll ``ready()`` until it answers (one of ``errors`` raised, or a false answer, is "not yet"); raise with
+    the server's log tail if it exits first, or when ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ready():
+                return
+        except errors:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log_path.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def stop_spare(proc: subprocess.Popen, log, workdir: Path, timeout: float = 10) -> None:
     """The end of a throwaway server: terminated (killed if it has not stopped within ``timeout`` s), its log
     closed, its files removed."""
@@ -109,19 +127,8 @@ def spare_redis(rdb: Path | None = None, password: str | None = None, extra_args
         return redis.Redis(host="127.0.0.1", port=port, password=password, db=db)
 
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client_for_db(0).ping()
-                break
-            except redis.exceptions.BusyLoadingError:
-                pass
-            except redis.exceptions.ConnectionError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {(workdir / 'redis.log').read_text()[-2000:]}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on {port} did not answer within 30 s")
-            time.sleep(0.1)
+        wait_spare(lambda: client_for_db(0).ping(), proc, workdir / "redis.log", f"redis-server on {port}",
+                   errors=(redis.exceptions.BusyLoadingError, redis.exceptions.ConnectionError))
         yield port, client_for_db
     finally:
         stop_spare(proc, log, workdir)
@@ -274,18 +281,8 @@ def spare_minio_tls(user: str = "ragvault", password: str = "ragvault-spare-secr
         stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{endpoint}/minio/health/ready", verify=str(ca), timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"minio exited: {(workdir / 'minio.log').read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"minio on {port} did not answer within 60 s")
-            time.sleep(0.2)
+        wait_spare(lambda: requests.get(f"{endpoint}/minio/health/ready", verify=str(ca), timeout=2).ok, proc,
+                   workdir / "minio.log", f"minio on {port}", timeout=60, errors=(requests.RequestException,))
         yield endpoint, ca, user, password
     finally:
         stop_spare(proc, log, workdir)
@@ -311,19 +308,14 @@ def spare_ferretdb():
          "--log-level=warn"],
         stdout=log, stderr=subprocess.STDOUT)
     uri = f"mongodb://127.0.0.1:{port}/"
+
+    def ping() -> bool:
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=500) as client:
+            client.admin.command("ping")
+        return True
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with pymongo.MongoClient(uri, serverSelectionTimeoutMS=500) as client:
-                    client.admin.command("ping")
-                break
-            except pymongo.errors.PyMongoError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"ferretdb exited: {(workdir / 'ferretdb.log').read_text()[-2000:]}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"ferretdb on {port} did not answer within 30 s") from None
-                time.sleep(0.2)
+        wait_spare(ping, proc, workdir / "ferretdb.log", f"ferretdb on {port}", errors=(pymongo.errors.PyMongoError,))
         yield uri
     finally:
         stop_spare(proc, log, workdir)

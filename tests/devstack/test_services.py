@@ -504,3 +504,30 @@ def test_down_stops_a_service_started_on_another_port(tmp_path):
         pidfile = devstack / "redis" / "redis.pid"
         if pidfile.exists():
             subprocess.run(["kill", pidfile.read_text().strip()], check=False)
+
+
+def test_a_throwaway_server_that_dies_at_start_is_named_with_its_log(tmp_path):
+    """``devstack.state.wait_spare`` stops waiting as soon as the server exits, and says why (its log's tail);
+    one that never answers is given up after its timeout; ``stop_spare`` removes what it left."""
+    from devstack.state import stop_spare, wait_spare
+
+    workdir = tmp_path / "spare"
+    workdir.mkdir()
+    log = open(workdir / "server.log", "wb")
+    proc = subprocess.Popen(["sh", "-c", "echo 'port already in use' >&2; exit 3"], stdout=log,
+                            stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="spare on 1 exited: port already in use"):
+        wait_spare(lambda: False, proc, workdir / "server.log", "spare on 1", timeout=30)
+    assert time.monotonic() - started < 10
+    stop_spare(proc, log, workdir)
+    assert not workdir.exists()
+
+    workdir.mkdir()
+    log = open(workdir / "server.log", "wb")
+    proc = subprocess.Popen(["sleep", "30"], stdout=log)
+    with pytest.raises(RuntimeError, match="spare on 2 did not answer within 1 s"):
+        wait_spare(lambda: 1 / 0, proc, workdir / "server.log", "spare on 2", timeout=1,
+                   errors=(ZeroDivisionError,))
+    stop_spare(proc, log, workdir)
+    assert proc.returncode is not None and not workdir.exists()

@@ -48,11 +48,11 @@ def read_chunks(path: Path, size: int = MiB):
             yield chunk
 
 
-def _repository():
+def _repository(settings=None):
     """The repository as the package builds it: on the settings' bucket and ``s3`` connection, with its client."""
     from ragvault.repository import BackupRepository
 
-    return BackupRepository.from_settings(_settings())
+    return BackupRepository.from_settings(settings or _settings())
 
 
 def _upload(name: str, compression: str | None, side: str) -> None:
@@ -142,10 +142,9 @@ def redis_backup(side: str) -> None:
 
         from ragvault.components.base import BackupContext
         from ragvault.components.redis import RedisComponent
-        from ragvault.repository import BackupRepository
 
         settings = _settings()
-        ctx = BackupContext(repo=BackupRepository.from_settings(settings), date=DATE, component="redis",
+        ctx = BackupContext(repo=_repository(settings), date=DATE, component="redis",
                             run={"run_id": "bench"})
         begin()
         RedisComponent(settings).backup(ctx, None)
@@ -165,12 +164,11 @@ def redis_restore(side: str) -> None:
     if side == "ragvault":
         from ragvault.components.base import RestoreContext
         from ragvault.components.redis import RedisComponent
-        from ragvault.repository import BackupRepository
 
         settings = _settings()
         manifest = json.loads((data_dir() / "redis-manifest.json").read_text())
         component = RedisComponent(settings)
-        ctx = RestoreContext(repo=BackupRepository.from_settings(settings), manifest=manifest, component="redis",
+        ctx = RestoreContext(repo=_repository(settings), manifest=manifest, component="redis",
                              settings=settings)
         begin()
         component.restore(ctx, "all")
@@ -216,10 +214,9 @@ def mongo_backup(side: str) -> None:
     if side == "ragvault":
         from ragvault.components.base import BackupContext
         from ragvault.components.mongodb import MongoComponent
-        from ragvault.repository import BackupRepository
 
         settings = _settings()
-        ctx = BackupContext(repo=BackupRepository.from_settings(settings), date=DATE, component="mongodb",
+        ctx = BackupContext(repo=_repository(settings), date=DATE, component="mongodb",
                             run={"run_id": "bench"})
         component = MongoComponent(settings)
         begin()
